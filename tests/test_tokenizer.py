@@ -1,0 +1,188 @@
+"""Tests of tokenizer.py: the LFQ quantizer's invariants, the image tokenizer's training and
+checkpoints, and the BPE text tokenizer. Run: python -m pytest tests/test_tokenizer.py"""
+import math
+
+import pytest
+import torch
+
+from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, image_tokenizer_checkpoint,
+                       load_bpe, load_image_tokenizer, save_bpe, train_bpe)
+
+# ----------------------------------------------------------------------------- LFQ
+
+
+def test_lfq_codes_are_exactly_plus_minus_one():
+    q, indices, _ = LFQ(bits=6)(torch.randn(4, 6, 3, 3))
+    assert set(q.unique().tolist()) <= {-1.0, 1.0}
+    assert indices.shape == (4, 3, 3) and indices.min() >= 0 and indices.max() < 2 ** 6
+
+
+@pytest.mark.parametrize("bits", [1, 4, 10])
+def test_lfq_index_code_index_round_trips_for_every_code(bits):
+    lfq = LFQ(bits)
+    every_index = torch.arange(2 ** bits)
+    codes = lfq.indices_to_codes(every_index)  # (2^K, K)
+    assert torch.equal(lfq.codes_to_indices(codes), every_index)
+    assert len(codes.unique(dim=0)) == 2 ** bits  # all distinct corners of the hypercube
+
+
+def test_lfq_bit_order_channel_zero_is_least_significant():
+    lfq = LFQ(bits=4)
+    # channel 0 positive only -> index 1; channel 3 positive only -> index 8.
+    assert lfq.codes_to_indices(torch.tensor([1.0, -1, -1, -1])).item() == 1
+    assert lfq.codes_to_indices(torch.tensor([-1.0, -1, -1, 1])).item() == 8
+    assert lfq.indices_to_codes(torch.tensor(5)).tolist() == [1, -1, 1, -1]
+
+
+def test_lfq_straight_through_gradient_is_identity():
+    z = torch.randn(2, 5, 2, 2, requires_grad=True)
+    q, _, _ = LFQ(5)(z)
+    weights = torch.randn_like(q)
+    (q * weights).sum().backward()
+    # sign() has zero gradient almost everywhere; the estimator passes the gradient through unchanged.
+    assert torch.allclose(z.grad, weights)
+
+
+def test_entropy_penalty_prefers_uniform_code_use_to_collapse():
+    bits = 6
+    lfq = LFQ(bits)
+    confident = 0.5  # |z| >> tau: per-token distributions are nearly one-hot
+    uniform = lfq.indices_to_codes(torch.arange(2 ** bits)) * confident  # every code once
+    collapsed = uniform[:1].repeat(2 ** bits, 1)  # every token on one code
+    pen_uniform, tok_u, batch_u = lfq.entropy_penalty(uniform)
+    pen_collapsed, _, batch_c = lfq.entropy_penalty(collapsed)
+    assert pen_uniform < pen_collapsed
+    assert tok_u < 1e-3  # confident tokens
+    assert math.isclose(batch_u.item(), bits * math.log(2), rel_tol=1e-4)  # log(2^K): the maximum
+    assert batch_c.item() < 1e-3
+
+
+def exact_batch_entropy(lfq, z):
+    """H(mean_n p(c | z_n)) with all 2^K code probabilities written out (small K only)."""
+    codes = lfq.indices_to_codes(torch.arange(2 ** lfq.bits))  # (2^K, K)
+    p = torch.softmax(-torch.cdist(z, codes) ** 2 / lfq.tau, dim=-1)  # the definition, eq. of MAGVIT-v2
+    mean = p.mean(0)
+    return -(mean * mean.clamp_min(1e-30).log()).sum()
+
+
+def test_bit_group_entropy_matches_exact_where_it_should():
+    torch.manual_seed(0)
+    z = torch.randn(64, 8) * 0.02  # soft assignments, |z| ~ tau, so every term matters
+    one_group = LFQ(8, entropy_group_bits=8)
+    four_groups = LFQ(8, entropy_group_bits=2)
+    exact = exact_batch_entropy(one_group, z)
+    # One group of all bits is exact.
+    assert torch.allclose(one_group.entropy_penalty(z)[2], exact, rtol=1e-4)
+    # Groups: a sum of marginal entropies, an upper bound on the joint entropy...
+    assert four_groups.entropy_penalty(z)[2] >= exact - 1e-5
+    # ...with equality when the groups are independent, e.g. a single token (its p(c|z) factorises).
+    single = z[:1]
+    assert torch.allclose(four_groups.entropy_penalty(single)[2], exact_batch_entropy(one_group, single), rtol=1e-4)
+    # The per-token term uses the per-bit factorisation; check it against the definition too.
+    codes = one_group.indices_to_codes(torch.arange(256))
+    p = torch.softmax(-torch.cdist(z, codes) ** 2 / one_group.tau, dim=-1)
+    per_token_exact = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
+    assert torch.allclose(four_groups.entropy_penalty(z)[1], per_token_exact, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- image tokenizer
+
+TINY = ImageTokenizerConfig(image_size=16, channels=(8, 16), codebook_bits=6)
+
+
+def test_image_tokenizer_shapes_and_code_range():
+    model = ImageTokenizer(TINY).eval()
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    codes = model.encode(images)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 2 ** 6
+    recon = model.decode(codes)
+    assert recon.shape == images.shape and recon.abs().max() <= 1
+    # decode(encode(x)) is what forward reconstructs (eval mode, same quantized codes).
+    assert torch.allclose(model(images)[0].clamp(-1, 1), recon, atol=1e-5)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = ImageTokenizer(TINY)
+    images = torch.rand(8, 3, 16, 16) * 2 - 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(images)[2]["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = ImageTokenizer(TINY).eval()
+    path = tmp_path / "tok.pt"
+    torch.save(image_tokenizer_checkpoint(model, step=3), path)
+    loaded, ckpt = load_image_tokenizer(path)  # loads with weights_only=True
+    assert ckpt["step"] == 3 and loaded.cfg == TINY
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(model.encode(images), loaded.encode(images))
+    codes = model.encode(images)
+    assert torch.equal(model.decode(codes), loaded.decode(codes))
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+    path = tmp_path / "evil.pt"
+    torch.save({"kind": "image_tokenizer", "payload": Evil()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_image_tokenizer(path)
+
+
+def test_missing_or_foreign_checkpoint_gives_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train one"):
+        load_image_tokenizer(tmp_path / "nope.pt")
+    torch.save({"kind": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an image tokenizer"):
+        load_image_tokenizer(tmp_path / "other.pt")
+
+
+# ----------------------------------------------------------------------------- text tokenizer
+
+CAPTIONS = ["a red circle to the left of a blue square", "two green triangles", "a photo of a cat",
+            "a small yellow square above a purple circle"] * 20
+
+
+def test_bpe_learns_frequent_words_as_single_tokens():
+    ranks = train_bpe(CAPTIONS, vocab_size=300)
+    assert len(ranks) == 300 and all(ranks[bytes([b])] == b for b in range(256))
+    tok = TextTokenizer.from_ranks(ranks)
+    assert len(tok.encode(" circle")) == 1  # a frequent word (with its space) became one token
+    assert len(tok.encode("a red circle")) < len("a red circle".encode())
+
+
+@pytest.mark.parametrize("text", ["a red circle", "", "naïve café — 東京 🚀\u0301 x_y__z\n\t  ", "\x00\xff 12345 don't",
+                                  "".join(map(chr, range(1, 600)))])
+def test_bpe_round_trips_any_unicode(tmp_path, text):
+    ranks = train_bpe(CAPTIONS, vocab_size=280)
+    save_bpe(ranks, tmp_path / "bpe.tiktoken")
+    assert load_bpe(tmp_path / "bpe.tiktoken") == ranks
+    tok = TextTokenizer.from_file(tmp_path / "bpe.tiktoken")
+    ids = tok.encode(text)
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+
+
+def test_user_text_never_becomes_a_special_token():
+    tok = TextTokenizer.from_ranks(train_bpe(CAPTIONS, vocab_size=270))
+    prompt = "<|t2i|> draw <|endoftext|> a circle <|soi|>"
+    ids = tok.encode(prompt)  # no error, and only ordinary text ids
+    assert all(i < tok.vocab_size for i in ids) and tok.decode(ids) == prompt
+    assert len(ids) > 3
+
+
+def test_bpe_training_is_deterministic_and_validates_size():
+    assert train_bpe(CAPTIONS, 290) == train_bpe(CAPTIONS, 290)
+    with pytest.raises(ValueError, match=">= 256"):
+        train_bpe(CAPTIONS, 100)

@@ -1,0 +1,446 @@
+"""
+Tokenizers: everything that turns text and pixels into integer ids.
+
+1. The text tokenizer: a small byte-level BPE vocabulary trained by our own short BPE trainer
+   (`train_bpe`) on the dataset's captions, saved in tiktoken's rank-file format and loaded as a
+   `tiktoken.Encoding`. Offline by default; GPT-2's encoding can be used when tiktoken can load it.
+2. The image tokenizer: a convolutional autoencoder with lookup-free quantization (LFQ), as in
+   MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
+   to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
+   table, no nearest-neighbour search.
+
+Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (8192 codes) at 16x
+downsampling; it never released tokenizer training code, so this file trains one from scratch at
+toy scale (32x32 images -> 8x8 tokens).
+
+Follow one image: `ImageTokenizer.encode(images)` runs `Encoder` (pixels -> K-channel latent),
+RMS-normalises it, and `LFQ.quantize` takes signs and packs them into an integer code per position;
+`decode(codes)` unpacks the bits back into +-1 vectors and runs `Decoder`.
+
+Try it:  python tokenizer.py --text "a red circle to the left of a blue square"
+"""
+import argparse
+import base64
+import pickle
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Text: a byte-level BPE trainer whose output tiktoken can load
+
+# Pre-tokenization splits text into chunks that BPE never merges across: an optional space plus a
+# run of letters, digits or other symbols, or whitespace (GPT-2's idea). The pattern must work both
+# in Python's `re` (training) and in tiktoken's Rust regex (encoding), and must match EVERY
+# character: tiktoken only encodes what the pattern matches, so a gap would silently drop text.
+# Letters are "word characters that are not digits or underscore"; the symbol class adds "_".
+SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+
+
+def train_bpe(texts, vocab_size, verbose=False):
+    """Learn byte-level BPE merges from an iterable of strings.
+
+    Returns `ranks`: dict bytes -> rank, the format tiktoken encodes with. Ranks 0..255 are the 256
+    single bytes (so any string, in any script, can be encoded); each merge then adds the byte
+    string of the most frequent adjacent pair, in order. tiktoken encodes by repeatedly merging the
+    adjacent pair whose concatenation has the lowest rank, which replays these merges in order.
+    """
+    if vocab_size < 256:
+        raise ValueError(f"vocab_size must be >= 256 (the single bytes), got {vocab_size}")
+    # Count chunks once; BPE then works on the distinct chunks weighted by their counts.
+    chunk_counts = Counter()
+    for text in texts:
+        chunk_counts.update(re.findall(SPLIT_PATTERN, text))
+    words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunk_counts]
+    counts = list(chunk_counts.values())
+    ranks = {bytes([b]): b for b in range(256)}
+    while len(ranks) < vocab_size:
+        pair_counts = Counter()
+        for word, count in zip(words, counts):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break  # every chunk is a single token already: the corpus is exhausted
+        # Most frequent pair; ties go to the lexicographically smallest so training is deterministic.
+        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
+        merged = best[0] + best[1]
+        if merged not in ranks:  # two different pairs can spell the same bytes; keep one rank
+            ranks[merged] = len(ranks)
+        for word in words:  # replace every occurrence of the pair, left to right
+            i = 0
+            while i < len(word) - 1:
+                if word[i] == best[0] and word[i + 1] == best[1]:
+                    word[i:i + 2] = [merged]
+                i += 1
+        if verbose:
+            print(f"merge {len(ranks) - 256:4d}: {best[0]!r} + {best[1]!r} (seen {pair_counts[best]}x)")
+    return ranks
+
+
+def save_bpe(ranks, path):
+    """tiktoken's rank-file format: one line per token, `base64(token bytes) rank`."""
+    with open(path, "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+
+
+def load_bpe(path):
+    ranks = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_no}: expected 'base64-token rank', got {line!r}") from e
+    return ranks
+
+
+class TextTokenizer:
+    """Text <-> ids on top of a tiktoken Encoding.
+
+    The Encoding is built WITHOUT special tokens: the task tokens ([SOT], [T2I], ...) live in the
+    unified token space after the text ids, so no user string can ever produce one. A prompt that
+    literally contains "<|t2i|>" is just text, encoded byte by byte like any other.
+    """
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+        self.vocab_size = encoding.n_vocab
+
+    @classmethod
+    def from_ranks(cls, ranks, name="showo-bpe"):
+        import tiktoken
+        return cls(tiktoken.Encoding(name=name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens={}))
+
+    @classmethod
+    def from_file(cls, path):
+        return cls.from_ranks(load_bpe(path))
+
+    @classmethod
+    def gpt2(cls):
+        """GPT-2's 50,257-token vocabulary. tiktoken downloads it once (then caches it); offline with an
+        empty cache this fails, and we say so instead of showing a network traceback."""
+        import tiktoken
+        try:
+            encoding = tiktoken.get_encoding("gpt2")
+        except (ImportError, OSError, ValueError) as e:  # requests' errors are OSErrors
+            raise RuntimeError(
+                "could not load tiktoken's GPT-2 encoding: it needs a one-time download (or a filled "
+                "TIKTOKEN_CACHE_DIR) and this machine seems offline. Use the trained BPE vocabulary "
+                f"instead (the default). Original error: {e}") from e
+        # GPT-2's Encoding knows <|endoftext|>; we use only ordinary text, see encode().
+        return cls(encoding)
+
+    def encode(self, text):
+        # encode_ordinary never emits special tokens: special-looking text stays text.
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.encoding.decode(ids)
+
+
+# -----------------------------------------------------------------------------
+# Images: lookup-free quantization (MAGVIT-v2, section 3.1)
+
+class LFQ(nn.Module):
+    """Lookup-free quantizer: each of K latent channels becomes its sign, q in {-1, +1}^K.
+
+    Bit order (documented, tested): channel i is bit i of the code index, channel 0 the LEAST
+    significant bit, as in the MAGVIT-v2 paper and Open-MAGVIT2:  index = sum_i [q_i > 0] * 2^i.
+    (lucidrains' LFQ and Show-o use the opposite order; the choice only has to be consistent.)
+
+    Training losses (returned by `forward`):
+    - commitment  ||z - sg(q)||^2 pulls latents towards the corners they quantize to;
+    - entropy penalty  E[H(p(c|z))] - H(E[p(c|z)])  with p(c|z) = softmax_c(-||z - c||^2 / tau):
+      low per-token entropy = confident assignments, high entropy of the batch-mean distribution =
+      the whole codebook gets used (no collapse). Since ||z - c||^2 = ||z||^2 + K - 2 z.c, the softmax
+      factorises over bits: p(bit_i = +1 | z) = sigmoid(4 z_i / tau). The per-token term is therefore
+      exact and cheap. The batch term needs the full 2^K distribution; we split the K bits into groups
+      of at most `entropy_group_bits` and sum the groups' entropies (memory O(tokens * 2^group)
+      instead of O(tokens * 2^K)). The sum of marginal entropies upper-bounds the joint one and equals
+      it when the groups are independent under the batch mean (e.g. one group, or one token).
+    """
+
+    def __init__(self, bits, tau=0.01, entropy_group_bits=8):
+        super().__init__()
+        self.bits, self.tau = bits, tau
+        self.group_bits = min(entropy_group_bits, bits)
+        self.register_buffer("powers", 2 ** torch.arange(bits), persistent=False)  # (K,)
+
+    def indices_to_codes(self, indices):
+        """(...) int64 -> (..., K) float in {-1, +1}."""
+        bits = (indices.unsqueeze(-1) // self.powers) % 2  # (..., K) in {0, 1}
+        return bits.float() * 2 - 1
+
+    def codes_to_indices(self, codes):
+        """(..., K) with the sign of each channel -> (...) int64."""
+        return ((codes > 0).long() * self.powers).sum(-1)
+
+    def quantize(self, z):
+        """(..., K) latent -> (..., K) codes in {-1, +1}. Exactly zero goes to -1 (any fixed rule works)."""
+        return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+
+    def entropy_penalty(self, z):
+        """z: (N, K) latents. Returns (penalty, per_token_entropy, batch_entropy), in nats, fp32."""
+        z = z.float()
+        p_one = torch.sigmoid(4 * z / self.tau)  # (N, K): p(bit = +1 | z)
+        # Per-token entropy = sum over bits of the binary entropy (exact, thanks to the factorisation).
+        log_p1, log_p0 = F.logsigmoid(4 * z / self.tau), F.logsigmoid(-4 * z / self.tau)
+        per_token = -(p_one * log_p1 + (1 - p_one) * log_p0).sum(-1).mean()
+        # Batch-mean distribution, one group of bits at a time.
+        batch = z.new_zeros(())
+        for start in range(0, self.bits, self.group_bits):
+            lp1, lp0 = log_p1[:, start:start + self.group_bits], log_p0[:, start:start + self.group_bits]
+            g = lp1.shape[1]
+            # log p(group code) = sum over the group's bits of log p(bit); codes enumerated with bit 0
+            # least significant, matching index order. (g, 2^g) table of bit values:
+            table = (torch.arange(2 ** g, device=z.device).unsqueeze(0) // self.powers[:g].unsqueeze(1)) % 2
+            log_p = lp1 @ table.float() + lp0 @ (1 - table.float())  # (N, 2^g)
+            mean_p = log_p.exp().mean(0)  # (2^g,)
+            batch = batch - (mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+        return per_token - batch, per_token, batch
+
+    def forward(self, z):
+        """z: (B, K, h, w). Returns q (B, K, h, w) with straight-through gradients, indices (B, h, w),
+        and a dict of auxiliary losses."""
+        z = z.permute(0, 2, 3, 1)  # (B, h, w, K): the K bits of a position side by side
+        q = self.quantize(z)
+        # Straight-through estimator: forward value q, backward gradient of the identity to z.
+        q_st = z + (q - z).detach()
+        with torch.autocast(device_type=z.device.type, enabled=False):  # entropies in fp32: bf16 NaNs
+            commitment = F.mse_loss(z.float(), q.detach().float())
+            penalty, per_token, batch = self.entropy_penalty(z.reshape(-1, self.bits))
+        indices = self.codes_to_indices(q)  # (B, h, w)
+        aux = dict(commitment=commitment, entropy=penalty, token_entropy=per_token.detach(),
+                   batch_entropy=batch.detach())
+        return q_st.permute(0, 3, 1, 2), indices, aux
+
+
+# -----------------------------------------------------------------------------
+# Images: the convolutional encoder and decoder (MAGVIT-v2 style: no attention)
+
+@dataclass
+class ImageTokenizerConfig:
+    image_size: int = 32           # input resolution (square)
+    channels: tuple = (64, 128, 128)  # width at each resolution; len-1 downsamplings by 2
+    res_blocks: int = 1            # residual blocks per resolution
+    codebook_bits: int = 12        # K: 2^K codes, K latent channels per position
+    entropy_group_bits: int = 8    # bits per group in the batch-entropy term (memory 2^group)
+    tau: float = 0.01              # temperature of p(c|z) in the entropy penalty
+    commitment_weight: float = 0.25  # MAGVIT-v2
+    entropy_weight: float = 0.02   # MAGVIT-v2 uses 0.1; about 0.02 reconstructs better at toy scale
+    l1_weight: float = 0.0         # reconstruction = MSE + l1_weight * L1 (pixels in [-1, 1])
+
+    @property
+    def downsample(self):
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def latent_size(self):
+        return self.image_size // self.downsample
+
+
+def group_norm(channels):
+    return nn.GroupNorm(min(32, channels // 4), channels)  # groups of >= 4 channels
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, plus a skip. With `cond_channels`, the norms become
+    adaptive GroupNorm: scale and shift predicted per position from the quantized latent (MAGVIT-v2's
+    decoder), so every decoder layer sees the codes directly, not only through the first conv."""
+
+    def __init__(self, in_ch, out_ch, cond_channels=0):
+        super().__init__()
+        self.norm1, self.norm2 = group_norm(in_ch), group_norm(out_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        if cond_channels:
+            # 1x1 convs from the codes to (scale, shift); zero-init = plain GroupNorm at the start.
+            self.film1 = nn.Conv2d(cond_channels, 2 * in_ch, 1)
+            self.film2 = nn.Conv2d(cond_channels, 2 * out_ch, 1)
+            for film in (self.film1, self.film2):
+                nn.init.zeros_(film.weight)
+                nn.init.zeros_(film.bias)
+        self.conditioned = bool(cond_channels)
+
+    def adaptive(self, norm, film, x, cond):
+        h = norm(x)
+        if self.conditioned:
+            cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")  # codes at this resolution
+            scale, shift = film(cond).chunk(2, dim=1)  # each (B, C, H, W)
+            h = h * (1 + scale) + shift
+        return h
+
+    def forward(self, x, cond=None):
+        h = self.conv1(F.silu(self.adaptive(self.norm1, getattr(self, "film1", None), x, cond)))
+        h = self.conv2(F.silu(self.adaptive(self.norm2, getattr(self, "film2", None), h, cond)))
+        return self.skip(x) + h
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) pixels in [-1, 1] -> (B, K, H/d, W/d) latent, d = 2^(len(channels)-1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        ch = cfg.channels
+        self.conv_in = nn.Conv2d(3, ch[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for i, width in enumerate(ch):
+            in_ch = ch[max(i - 1, 0)]
+            blocks = [ResBlock(in_ch if j == 0 else width, width) for j in range(cfg.res_blocks)]
+            level = nn.Module()
+            level.blocks = nn.ModuleList(blocks)
+            # Strided 4x4 convolution halves the resolution (no pooling, no attention).
+            level.down = nn.Conv2d(width, width, 4, stride=2, padding=1) if i < len(ch) - 1 else None
+            self.levels.append(level)
+        self.norm_out = group_norm(ch[-1])
+        self.conv_out = nn.Conv2d(ch[-1], cfg.codebook_bits, 1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for level in self.levels:
+            for block in level.blocks:
+                h = block(h)
+            if level.down is not None:
+                h = level.down(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, K, h, w) codes in {-1, +1} -> (B, 3, h*d, w*d) pixels. Upsampling is depth-to-space:
+    a conv makes 4x the channels, PixelShuffle rearranges them into a 2x larger image
+    (no checkerboard artefacts of transposed convs, no blur of interpolation)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        ch = cfg.channels[::-1]  # decoder walks from coarse to fine
+        K = cfg.codebook_bits
+        self.conv_in = nn.Conv2d(K, ch[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for i, width in enumerate(ch):
+            level = nn.Module()
+            level.blocks = nn.ModuleList([ResBlock(width, width, cond_channels=K) for _ in range(cfg.res_blocks)])
+            # The conv makes 4x the NEXT level's width, so PixelShuffle lands on that width directly.
+            level.up = (nn.Sequential(nn.Conv2d(width, 4 * ch[i + 1], 3, padding=1), nn.PixelShuffle(2))
+                        if i < len(ch) - 1 else None)
+            self.levels.append(level)
+        self.norm_out = group_norm(ch[-1])
+        self.conv_out = nn.Conv2d(ch[-1], 3, 3, padding=1)
+
+    def forward(self, q):
+        h = self.conv_in(q)
+        for level in self.levels:
+            for block in level.blocks:
+                h = block(h, cond=q)
+            if level.up is not None:
+                h = level.up(h)  # (B, 4C, h, w) -> (B, C, 2h, 2w)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ImageTokenizer(nn.Module):
+    """The LFQ autoencoder. Public API: encode(images) -> codes (B, h, w) int64 in [0, 2^K),
+    decode(codes) -> images (B, 3, H, W) in [-1, 1]; forward(images) for training."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.image_size % cfg.downsample:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by the downsampling {cfg.downsample}")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = LFQ(cfg.codebook_bits, cfg.tau, cfg.entropy_group_bits)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def codebook_size(self):
+        return 2 ** self.cfg.codebook_bits
+
+    def latent(self, images):
+        z = self.encoder(images)  # (B, K, h, w)
+        # Normalise each position's K-vector to unit RMS right before quantization: the sign is
+        # unchanged, but the latent's scale is pinned near +-1, where the commitment loss and the
+        # entropy temperature (tau = 0.01) are calibrated. Without it the encoder can shrink or blow
+        # up z freely. RMS (not LayerNorm): subtracting the mean would bias codes towards equal
+        # numbers of +1 and -1 bits and leave the extreme codes unused.
+        return z * torch.rsqrt(z.float().pow(2).mean(1, keepdim=True) + 1e-6).to(z.dtype)
+
+    def forward(self, images):
+        """images (B, 3, H, W) in [-1, 1] -> reconstruction, indices (B, h, w), loss dict."""
+        q, indices, aux = self.quantizer(self.latent(images))
+        recon = self.decoder(q)
+        c = self.cfg
+        mse = F.mse_loss(recon.float(), images.float())
+        rec = mse + c.l1_weight * F.l1_loss(recon.float(), images.float()) if c.l1_weight else mse
+        loss = rec + c.commitment_weight * aux["commitment"] + c.entropy_weight * aux["entropy"]
+        return recon, indices, dict(loss=loss, mse=mse.detach(), **aux)
+
+    @torch.no_grad()
+    def encode(self, images):
+        """(B, 3, H, W) in [-1, 1] -> codes (B, h, w) int64."""
+        z = self.latent(images).permute(0, 2, 3, 1)  # (B, h, w, K)
+        return self.quantizer.codes_to_indices(z)
+
+    @torch.no_grad()
+    def decode(self, codes):
+        """codes (B, h, w) int64 -> images (B, 3, H, W), clamped to [-1, 1]."""
+        q = self.quantizer.indices_to_codes(codes).permute(0, 3, 1, 2)  # (B, K, h, w)
+        return self.decoder(q.to(next(self.parameters()).dtype)).clamp(-1, 1)
+
+
+def images_to_tensor(images):
+    """uint8 (B, H, W, 3) numpy/tensor -> float (B, 3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_images(x):
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) numpy."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_tokenizer_checkpoint(model, **extra):
+    """The checkpoint as one plain dict of tensors and built-in types (config as a dict, not a
+    dataclass), so it loads with torch.load(weights_only=True), which never runs code."""
+    from dataclasses import asdict
+    cfg = asdict(model.cfg)
+    cfg["channels"] = list(cfg["channels"])
+    return dict(kind="image_tokenizer", config=cfg, model=model.state_dict(), **extra)
+
+
+def load_image_tokenizer(path, map_location="cpu"):
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image tokenizer checkpoint at {path}; train one with "
+                                "`python train.py tokenizer`") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:  # foreign/damaged
+        raise ValueError(f"{path} is not a readable checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "image_tokenizer":
+        raise ValueError(f"{path} is not an image tokenizer checkpoint (kind={ckpt.get('kind') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    cfg = dict(ckpt["config"])
+    cfg["channels"] = tuple(cfg["channels"])
+    model = ImageTokenizer(ImageTokenizerConfig(**cfg))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Show how the text tokenizer splits a string: trains a "
+                                     "small BPE on the shapes world's captions and prints the tokens.")
+    parser.add_argument("--text", default="a red circle to the left of a blue square")
+    parser.add_argument("--vocab-size", type=int, default=320)
+    parser.add_argument("--verbose", action="store_true", help="print every merge as it is learned")
+    args = parser.parse_args()
+    from data import load
+    ds = load("shapes", split="train", limit=2000)
+    ranks = train_bpe((c for caps in ds.captions for c in caps), args.vocab_size, verbose=args.verbose)
+    tok = TextTokenizer.from_ranks(ranks)
+    ids = tok.encode(args.text)
+    print(f"{len(ranks)} tokens; {args.text!r} -> {len(ids)} ids: {ids}")
+    print(" | ".join(tok.decode([i]) for i in ids))
