@@ -102,6 +102,16 @@ def test_image_tokenizer_shapes_and_code_range():
     assert torch.allclose(model(images)[0].clamp(-1, 1), recon, atol=1e-5)
 
 
+def test_encode_and_decode_reject_wrong_inputs_clearly():
+    model = ImageTokenizer(TINY).eval()
+    with pytest.raises(ValueError, match="images_to_tensor"):
+        model.encode(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))  # uint8 NHWC, not float NCHW
+    with pytest.raises(ValueError, match="expects float images"):
+        model.encode(torch.zeros(2, 3, 32, 32))  # wrong resolution
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model.decode(torch.full((1, 8, 8), 64))  # one past the last code (e.g. a forgotten id offset)
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model = ImageTokenizer(TINY)
@@ -180,6 +190,16 @@ def test_user_text_never_becomes_a_special_token():
     ids = tok.encode(prompt)  # no error, and only ordinary text ids
     assert all(i < tok.vocab_size for i in ids) and tok.decode(ids) == prompt
     assert len(ids) > 3
+
+
+def test_gpt2_encoding_offline_gives_a_clear_error(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match="offline"):
+        TextTokenizer.gpt2()
 
 
 def test_bpe_training_is_deterministic_and_validates_size():
