@@ -1,0 +1,103 @@
+"""End-to-end tests of the programs: train.py tokenizer (tiny sizes), --resume, evaluate.py and
+bench.py output contracts. Run: python -m pytest tests/test_train.py"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from evaluate import main as evaluate_main
+from tokenizer import load_image_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["tokenizer", "--dataset", "shapes", "--limit", "200", "--eval-images", "40", "--image-size", "16",
+        "--channels", "8,16", "--bits", "6", "--batch-size", "20", "--warmup-steps", "2", "--bpe-vocab", "300",
+        "--device", "cpu"]
+
+
+def run_train(out, *extra):
+    train.main(TINY + ["--out", str(out)] + list(extra))
+
+
+def test_tokenizer_training_writes_checkpoint_grid_log_and_bpe(tmp_path):
+    run_train(tmp_path, "--max-steps", "4", "--eval-every", "2")
+    for name in ("tokenizer.pt", "text.tiktoken", "recon.png", "tokenizer_log.txt"):
+        assert (tmp_path / name).exists(), name
+    log = [json.loads(line) for line in (tmp_path / "tokenizer_log.txt").read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4] and all("eval_psnr" in row for row in log)
+    model, ckpt = load_image_tokenizer(tmp_path / "tokenizer.pt")
+    assert ckpt["step"] == 4 and model.cfg.codebook_bits == 6 and model.cfg.channels == (8, 16)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    # 20 images x 64 tokens = 1280 > 1024 tokens, so the entropy term's random subset (global RNG)
+    # is drawn every step: the resumed run must restore that RNG too.
+    run_train(tmp_path / "straight", "--max-steps", "6", "--eval-every", "3")
+
+    real_save = train.atomic_save
+
+    def save_then_crash(obj, path):  # the process dies right after writing the step-3 checkpoint
+        real_save(obj, path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "atomic_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3")
+    monkeypatch.setattr(train, "atomic_save", real_save)
+    assert torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)["step"] == 3
+    run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3", "--resume")
+
+    a = torch.load(tmp_path / "straight" / "tokenizer.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for name in a["model"]:  # same data order, optimizer state and RNG -> bit-identical weights on CPU
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_resume_refuses_options_that_change_the_data_order(tmp_path):
+    run_train(tmp_path, "--max-steps", "2", "--eval-every", "2")
+    with pytest.raises(SystemExit, match="--batch-size"):
+        train.main(TINY + ["--out", str(tmp_path), "--max-steps", "4", "--batch-size", "10", "--resume"])
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    run_train(tmp_path, "--max-steps", "2", "--eval-every", "2")
+    with pytest.raises(SystemExit, match="--resume"):
+        run_train(tmp_path, "--max-steps", "2", "--eval-every", "2")
+
+
+def test_user_mistakes_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["tokenizer", "--dataset", "imagenet"])
+    assert "--dataset must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["tokenizer", "--dataset", "cifar10"])  # no --data-dir
+    assert "--data-dir is needed" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: .*CIFAR"):
+        train.main(["tokenizer", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--out", str(tmp_path / "o"), "--batch-size", "0"])
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="GroupNorm"):
+        train.main(TINY + ["--out", str(tmp_path / "o"), "--channels", "8,18"])
+
+
+def test_evaluate_prints_metrics_as_its_last_line(tmp_path, capsys):
+    run_train(tmp_path, "--max-steps", "2", "--eval-every", "2")
+    capsys.readouterr()
+    evaluate_main(["tokenizer", "--ckpt", str(tmp_path / "tokenizer.pt"), "--dataset", "shapes", "--limit", "30",
+                   "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 30 and result["codebook_size"] == 64
+    assert 0 < result["usage"] <= 1 and 1 <= result["perplexity"] <= 64 and result["psnr"] > 0
+    assert 0 <= result["scorer_agreement"] <= 1
+
+
+def test_bench_tokenizer_reports_vq_over_lfq_per_code_count():
+    out = subprocess.run([sys.executable, "bench.py", "tokenizer", "--quick"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["vq_over_lfq_time"]) == {"1024", "16384"}
+    assert result["encode_decode_images_per_s"] > 0
