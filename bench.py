@@ -7,7 +7,7 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 `tokenizer` measures
 1. encode + decode throughput (images/s) of the image tokenizer at the shapes preset size;
 2. lookup-free quantization against nearest-neighbour VQ with the same number of codes
-   (2^10, 2^14, 2^18). Both turn a batch of latents into code indices and quantized vectors:
+   (2^10, 2^14, 2^18) on 1024 tokens. Both turn a batch of latents into code indices and quantized vectors:
    LFQ by taking signs (O(K) per token), VQ by computing the distance to every codebook entry and
    taking the argmin (O(2^K * D) per token, with a (tokens, 2^K) distance matrix in memory).
    VQ uses D = K latent channels, the same latent width as LFQ. Memory is the peak extra RSS of
@@ -20,11 +20,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from tokenizer import LFQ, ImageTokenizer, ImageTokenizerConfig
-from train import autodetect_device
+from train import TOKENIZER_PRESETS, TokenizerTrainConfig, autodetect_device
 
 
 def median_time(fn, repeats, device):
@@ -84,15 +85,20 @@ def run_quantizer_case_isolated(method, bits, tokens, repeats, device):
         return quantizer_case(method, bits, tokens, repeats, device)
     code = (f"import json, torch; from bench import quantizer_case; torch.set_num_threads({torch.get_num_threads()}); "
             f"print(json.dumps(quantizer_case({method!r}, {bits}, {tokens}, {repeats}, torch.device('cpu'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    if out.returncode != 0:  # e.g. VQ's (tokens, 2^bits) distance matrix did not fit in memory
+        sys.exit(f"error: the {method} case with 2^{bits} codes and {tokens} tokens failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_tokenizer(args):
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
-    # 1. encode + decode throughput at the shapes preset (train.py TOKENIZER_PRESETS["shapes"]).
-    model = ImageTokenizer(ImageTokenizerConfig(codebook_bits=10, channels=(32, 64, 128))).to(device).eval()
+    # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
+    preset = TokenizerTrainConfig(**TOKENIZER_PRESETS["shapes"])
+    model_cfg = ImageTokenizerConfig(codebook_bits=preset.bits, res_blocks=preset.res_blocks,
+                                     channels=tuple(int(c) for c in preset.channels.split(",")))
+    model = ImageTokenizer(model_cfg).to(device).eval()
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
     seconds = median_time(lambda: model.decode(model.encode(images)), args.repeats, device)
     throughput = args.batch / seconds
@@ -123,8 +129,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     tok = sub.add_parser("tokenizer", help="image tokenizer throughput; LFQ vs nearest-neighbour VQ")
     tok.add_argument("--batch", type=int, default=256, help="images per encode+decode call")
-    tok.add_argument("--tokens", type=int, default=4096, help="latent vectors per quantizer call "
-                     "(4096 = 64 images of 8x8 tokens)")
+    tok.add_argument("--tokens", type=int, default=1024, help="latent vectors per quantizer call "
+                     "(1024 = 16 images of 8x8 tokens; VQ at 2^18 codes then needs a 1 GiB distance matrix)")
     tok.add_argument("--bits", type=int, nargs="+", default=[10, 14, 18], help="codebook sizes 2^bits")
     tok.add_argument("--repeats", type=int, default=7, help="timed calls per case (median reported)")
     tok.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
