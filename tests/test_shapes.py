@@ -239,7 +239,7 @@ def test_wrong_images_fail_for_every_category_prompt():
             first = prompt.phrases[0]
             other_colour = next(c for c in COLOURS if c != first.colour)
             other_shape = next(s for s in SHAPES if s != first.shape)
-            changed = [replace(o, colour=other_colour) if first.colour else replace(o, shape=other_shape)
+            changed = [(replace(o, colour=other_colour) if first.colour else replace(o, shape=other_shape))
                        if first.matches(o) else o for o in scene.objects]
             assert not score(rendered(changed), prompt), (text, changed)
 
