@@ -244,8 +244,12 @@ def test_coco_groups_captions_and_skips_missing_and_corrupt(tmp_path):
         (40, "garbage.jpg", ["bytes that are no image"]),
         (50, "truncated.jpg", ["half a file"]),
         (60, "uncaptioned.png", []),
+        (70, "grey.jpg", ["a grey photo"]),
+        (80, "cmyk.jpg", ["a print scan"]),
     ])
     solid("RGB", RED, (50, 30)).save(image_dir / "red.png")
+    solid("L", 77, (40, 24)).save(image_dir / "grey.jpg")  # grayscale, odd size
+    Image.new("CMYK", (24, 24), (0, 255, 255, 0)).save(image_dir / "cmyk.jpg")  # CMYK red
     solid("RGB", BLUE, (30, 50)).save(image_dir / "blue.jpg")
     solid("RGB", RED).save(image_dir / "uncaptioned.png")
     (image_dir / "garbage.jpg").write_bytes(b"definitely not a jpeg")
@@ -255,12 +259,15 @@ def test_coco_groups_captions_and_skips_missing_and_corrupt(tmp_path):
 
     with pytest.warns(UserWarning, match="cannot decode"):  # one warning per bad file, naming it
         ds = load_coco(tmp_path, split="val", image_size=8)
-    assert ds.images.shape == (2, 8, 8, 3) and ds.images.dtype == np.uint8
+    assert ds.images.shape == (4, 8, 8, 3) and ds.images.dtype == np.uint8
     # sorted by image id, each image with all of its captions, whitespace tidied
-    assert ds.captions == [["a blue square", "blue", "a blue thing"], ["a red square", "red"]]
+    assert ds.captions == [["a blue square", "blue", "a blue thing"], ["a red square", "red"],
+                           ["a grey photo"], ["a print scan"]]
     assert np.abs(ds.images[0].astype(int) - BLUE).max() <= 32 and (ds.images[1] == RED).all()
+    assert np.abs(ds.images[2].astype(int) - 77).max() <= 3  # grayscale -> equal R, G, B
+    assert ds.images[3, ..., 0].min() > 200 and ds.images[3, ..., 1:].max() < 60  # CMYK red -> RGB red
     info = ds.info
-    assert (info["images_used"], info["skipped_missing"], info["skipped_corrupt"]) == (2, 1, 2)
+    assert (info["images_used"], info["skipped_missing"], info["skipped_corrupt"]) == (4, 1, 2)
     assert [Path(f).name for f in info["corrupt_files"]] == ["garbage.jpg", "truncated.jpg"]
     assert info["skipped_uncaptioned"] == 1
     first = load_coco(tmp_path, split="test", limit=1, image_size=8)  # COCO test has no captions: val
