@@ -10,12 +10,12 @@ machines are shared and noisy, so absolute numbers move between runs more than r
    (2^10, 2^14, 2^18) on 1024 tokens. Both turn a batch of latents into code indices and quantized vectors:
    LFQ by taking signs (O(K) per token), VQ by computing the distance to every codebook entry and
    taking the argmin (O(2^K * D) per token, with a (tokens, 2^K) distance matrix in memory).
-   VQ uses D = K latent channels, the same latent width as LFQ. Memory is the peak extra RSS of
-   one call, measured in a fresh subprocess per case (CPU) or torch's peak allocator statistic (CUDA).
+   VQ uses D = K latent channels, the same latent width as LFQ. Memory is the peak extra resident
+   memory of the calls (Linux /proc peak RSS, reset before them; each case in a fresh subprocess) or
+   torch's peak allocator statistic (CUDA).
 """
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,6 +57,11 @@ def lfq_lookup(z, lfq):
     return lfq.codes_to_indices(q), q
 
 
+def proc_status_kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
 def quantizer_case(method, bits, tokens, repeats, device):
     """Time and peak memory of one quantizer on `tokens` random latents. Returns a dict."""
     torch.manual_seed(0)
@@ -73,14 +78,18 @@ def quantizer_case(method, bits, tokens, repeats, device):
         seconds = median_time(fn, repeats, device)
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS,
+        # so VmHWM afterwards minus VmRSS now is the peak extra memory of the calls in between.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = proc_status_kib("VmRSS")
         seconds = median_time(fn, repeats, device)
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        peak_mb = (proc_status_kib("VmHWM") - base) / 1024
     return dict(method=method, bits=bits, tokens=tokens, ms=seconds * 1e3, peak_mb=max(peak_mb, 0.0))
 
 
 def run_quantizer_case_isolated(method, bits, tokens, repeats, device):
-    """On CPU, ru_maxrss only ever grows, so each case runs in its own fresh process."""
+    """On CPU each case runs in its own fresh process, so one case's freed memory cannot hide another's."""
     if device.type == "cuda":
         return quantizer_case(method, bits, tokens, repeats, device)
     code = (f"import json, torch; from bench import quantizer_case; torch.set_num_threads({torch.get_num_threads()}); "

@@ -125,7 +125,7 @@ class TokenizerTrainConfig:
 
 # Presets: chosen to meet the README's targets on a 2-core CPU within the stated time.
 TOKENIZER_PRESETS = {
-    "shapes": dict(bits=10, max_steps=600, eval_every=100, out="out/shapes"),
+    "shapes": dict(bits=10, max_steps=600, eval_every=100, entropy_weight=0.01, out="out/shapes"),
     # CIFAR-10: a stronger entropy penalty keeps >= 90% of the 4096 codes in use on natural images.
     "cifar10": dict(bits=12, max_steps=4000, eval_every=500, entropy_weight=0.05, out="out/cifar10",
                     bpe_vocab=320),
