@@ -15,9 +15,11 @@ atomically (temporary file, then rename), so a crash never leaves a half-written
 `--resume` continues from the last one with the same step, optimizer state and data order.
 """
 import argparse
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -98,27 +100,27 @@ class TokenizerTrainConfig:
     data_dir: str = None          # where cifar10/coco/folder data lives (shapes needs none)
     out: str = "out/shapes"       # run folder: tokenizer.pt, text.tiktoken, recon.png, log
     limit: int = None             # use at most this many training images
-    image_size: int = 32
+    image_size: int = 32          # images are resized (shorter side) and centre-cropped to this
     # model (ImageTokenizerConfig)
     bits: int = 10                # K: 2^K codes
     channels: str = "32,64,128"   # encoder/decoder widths per resolution (3 levels = 4x downsampling)
-    res_blocks: int = 1
-    entropy_weight: float = 0.02
+    res_blocks: int = 1           # residual blocks per resolution
+    entropy_weight: float = 0.02  # weight of LFQ's entropy penalty (codebook use vs reconstruction)
     mse_weight: float = 1.0       # reconstruction loss = mse_weight * MSE + l1_weight * L1
-    l1_weight: float = 0.0
+    l1_weight: float = 0.0        # (pixels in [-1, 1]); e.g. --mse-weight 0 --l1-weight 1 for L1 only
     # optimisation
-    max_steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
+    max_steps: int = 1500         # optimizer steps in all (a resumed run continues to this)
+    batch_size: int = 64          # images per step
+    lr: float = 2e-3              # peak AdamW learning rate
     warmup_steps: int = 100       # linear warm-up, then cosine decay to lr * min_lr_frac
-    min_lr_frac: float = 0.05
-    grad_clip: float = 1.0
+    min_lr_frac: float = 0.05     # final learning rate as a fraction of --lr
+    grad_clip: float = 1.0        # clip the gradient's global norm to this
     eval_every: int = 250         # evaluate + grid + checkpoint every this many steps
     eval_images: int = 500        # held-out images used by the periodic evaluation
     bpe_vocab: int = 512          # text tokenizer size (stops early if the captions run out of pairs)
     bpe_text: str = None          # train the BPE on this UTF-8 text file instead of the captions
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0                 # data order, model init and the shapes world all follow it
+    device: str = "auto"          # auto (cuda -> mps -> cpu) | cpu | cuda | mps
     compile: bool = False         # torch.compile the model (CUDA only; ignored elsewhere)
     resume: bool = False          # continue from OUT/tokenizer.pt
 
@@ -129,8 +131,9 @@ TOKENIZER_PRESETS = {
     # CIFAR-10: a stronger entropy penalty keeps >= 90% of the 4096 codes in use on natural images.
     "cifar10": dict(bits=12, max_steps=4000, eval_every=500, entropy_weight=0.05, out="out/cifar10",
                     bpe_vocab=320),
-    "coco": dict(bits=12, max_steps=3000, out="out/coco", bpe_vocab=2048),
-    "folder": dict(bits=12, max_steps=3000, out="out/folder"),
+    # Photos like CIFAR-10's; these two presets are smoke-tested only, not tuned.
+    "coco": dict(bits=12, max_steps=3000, entropy_weight=0.05, out="out/coco", bpe_vocab=2048),
+    "folder": dict(bits=12, max_steps=3000, entropy_weight=0.05, out="out/folder"),
 }
 
 
@@ -299,16 +302,25 @@ def train_tokenizer(cfg):
 # Command line
 
 
+def field_comments(config_cls):
+    """The `# comment` after each field in the dataclass's source: the knobs are documented once,
+    where they are defined, and --help shows the same words."""
+    source = inspect.getsource(config_cls)
+    return dict(re.findall(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
+
+
 def add_config_arguments(parser, config_cls, presets):
     """One --flag per dataclass field; defaults stay None so a dataset preset can fill them."""
+    comments = field_comments(config_cls)
     for f in fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=comments.get(f.name))
         else:
             preset_note = ", ".join(f"{k}: {v[f.name]}" for k, v in presets.items() if f.name in v)
             parser.add_argument(flag, type=f.type, default=None,
-                                help=f"default {f.default}" + (f" (presets: {preset_note})" if preset_note else ""))
+                                help=f"{comments.get(f.name, '')} [default {f.default}"
+                                + (f"; presets: {preset_note}]" if preset_note else "]"))
 
 
 def config_from_args(args, config_cls, presets):
