@@ -29,11 +29,12 @@ from PIL import Image
 
 from data import ImageTextData
 from data.folder import square_rgb
+from data.shapes import PREFIXES
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
-CAPTION_TEMPLATES = ("a photo of {}", "a picture of {}", "an image of {}")  # as in data/shapes.py
+CAPTION_TEMPLATES = tuple(prefix + " {}" for prefix in PREFIXES)  # the shapes world's prefixes
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page
 
