@@ -14,6 +14,7 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
 """
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -39,7 +40,7 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
     result = dict(dataset=dataset, split=ds.split, images=len(ds), tokens_per_image=codes[0].numel(),
                   codebook_size=model.codebook_size, psnr=round(float(psnr(ds.images, recon).mean()), 3),
                   usage=round((counts > 0).sum().item() / model.codebook_size, 4),
-                  perplexity=round(float(torch.exp(torch.tensor(entropy))), 1),
+                  perplexity=round(math.exp(entropy), 1),
                   images_per_s=round(len(ds) / seconds, 1), trained_steps=ckpt.get("step"))
     if dataset == "shapes":
         from data.shapes import score

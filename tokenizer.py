@@ -196,9 +196,10 @@ class LFQ(nn.Module):
     def entropy_penalty(self, z):
         """z: (N, K) latents. Returns (penalty, per_token_entropy, batch_entropy), in nats, fp32."""
         z = z.float()
-        p_one = torch.sigmoid(4 * z / self.tau)  # (N, K): p(bit = +1 | z)
+        logits = 4 * z / self.tau  # (N, K): p(bit = +1 | z) = sigmoid(logits)
+        p_one = torch.sigmoid(logits)
         # Per-token entropy = sum over bits of the binary entropy (exact, thanks to the factorisation).
-        log_p1, log_p0 = F.logsigmoid(4 * z / self.tau), F.logsigmoid(-4 * z / self.tau)
+        log_p1, log_p0 = F.logsigmoid(logits), F.logsigmoid(-logits)
         per_token = -(p_one * log_p1 + (1 - p_one) * log_p0).sum(-1).mean()
         # Batch-mean distribution, one group of bits at a time, estimated on a random subset of at
         # most `entropy_tokens` tokens: the (tokens, 2^group) table is the expensive part.
@@ -286,6 +287,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.film1 = self.film2 = None
         if cond_channels:
             # 1x1 convs from the codes to (scale, shift); zero-init = plain GroupNorm at the start.
             self.film1 = nn.Conv2d(cond_channels, 2 * in_ch, 1)
@@ -293,19 +295,18 @@ class ResBlock(nn.Module):
             for film in (self.film1, self.film2):
                 nn.init.zeros_(film.weight)
                 nn.init.zeros_(film.bias)
-        self.conditioned = bool(cond_channels)
 
     def adaptive(self, norm, film, x, cond):
         h = norm(x)
-        if self.conditioned:
+        if film is not None:
             cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")  # codes at this resolution
             scale, shift = film(cond).chunk(2, dim=1)  # each (B, C, H, W)
             h = h * (1 + scale) + shift
         return h
 
     def forward(self, x, cond=None):
-        h = self.conv1(F.silu(self.adaptive(self.norm1, getattr(self, "film1", None), x, cond)))
-        h = self.conv2(F.silu(self.adaptive(self.norm2, getattr(self, "film2", None), h, cond)))
+        h = self.conv1(F.silu(self.adaptive(self.norm1, self.film1, x, cond)))
+        h = self.conv2(F.silu(self.adaptive(self.norm2, self.film2, h, cond)))
         return self.skip(x) + h
 
 
