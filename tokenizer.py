@@ -24,6 +24,7 @@ import argparse
 import base64
 import pickle
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -462,6 +463,158 @@ def load_image_tokenizer(path, map_location="cpu"):
     except (KeyError, TypeError, RuntimeError) as e:  # missing/unknown config keys, mismatched weights
         raise ValueError(f"{path} does not match this version's image tokenizer: {e}") from e
     return model.eval(), ckpt
+
+
+# -----------------------------------------------------------------------------
+# The unified token space and Show-o's sequence layouts (paper section 3.1)
+
+SPECIAL_TOKENS = ("[PAD]", "[SOT]", "[EOT]", "[SOI]", "[EOI]", "[T2I]", "[MMU]")
+TASKS = ("t2i", "mmu", "lm", "interleaved")  # row kinds; the joint loss groups its terms by these
+
+
+@dataclass
+class Row:
+    """One sequence before padding: its ids, which of them are text-prediction targets (the answer
+    or caption of an understanding row, the text of an LM row), and what kind of row it is."""
+    ids: list
+    text_targets: list  # bools, one per id
+    task: str           # one of TASKS
+
+
+class TokenSpace:
+    """One vocabulary for everything the transformer reads and writes:
+
+        [0, T)          text ids of the BPE (T = text_vocab_size)
+        T .. T+6        [PAD] [SOT] [EOT] [SOI] [EOI] [T2I] [MMU]
+        [O, O+C)        image codes: code k is id O + k  (O = image_offset = T + 7, C = 2^K)
+        O + C           [MASK], the last id (vocab_size = O + C + 1)
+
+    The special tokens live outside the text tokenizer (which has none), so no user string can ever
+    produce one. Show-o's public code gives [SOT] and [EOT] one shared id; here they differ, so an
+    [EOT] target means "the text ends here" and nothing else.
+
+    The builders below lay out the rows of every task (reference section 2):
+        t2i          [T2I] [SOT] text [EOT] [SOI] image [EOI]        (left-padded)
+        t2i, uncond  [T2I] [SOT] [EOT] [SOI] image [EOI]             (the empty prompt, for guidance)
+        mmu          [MMU] [SOI] image [EOI] [SOT] prompt answer [EOT] (right-padded)
+        lm           [SOT] text [EOT]                                  (right-padded)
+        interleaved  [T2I] [SOT] text [EOT] [SOI] image [EOI] [SOT] text [EOT] [SOI] image [EOI] ...
+    Text-to-image rows are padded on the left so their image slots end every row at the same place;
+    with RoPE only relative positions matter, so the padding does not shift what the model sees.
+    """
+
+    def __init__(self, text_vocab_size, codebook_size):
+        t = self.text_vocab_size = int(text_vocab_size)
+        self.pad, self.sot, self.eot, self.soi, self.eoi, self.t2i_token, self.mmu_token = range(t, t + 7)
+        self.image_offset = t + len(SPECIAL_TOKENS)
+        self.codebook_size = int(codebook_size)
+        self.mask = self.image_offset + self.codebook_size
+        self.vocab_size = self.mask + 1
+
+    # --- ids <-> codes ---
+    def is_image_code(self, ids):
+        """Tensor of ids -> bool tensor: True at image codes (not [MASK])."""
+        return (ids >= self.image_offset) & (ids < self.mask)
+
+    def image_ids(self, codes):
+        """Image codes in [0, C) (any shape) -> their ids in the unified space."""
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or (codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size)):
+            raise ValueError(f"image codes must be integers in [0, {self.codebook_size})")
+        return codes.long() + self.image_offset
+
+    def codes_of(self, ids):
+        """Image-code ids -> codes in [0, C)."""
+        return ids - self.image_offset
+
+    def describe(self, ids):
+        """ids -> a short readable string ("[T2I] [SOT] t t [EOT] [SOI] i i m [EOI]"): t = text,
+        i = image code, m = [MASK]. Used by tests, error messages and the mask pictures."""
+        names = {self.pad + i: name for i, name in enumerate(SPECIAL_TOKENS)}
+        out = []
+        for i in map(int, ids):
+            out.append(names.get(i, "t" if i < self.text_vocab_size else "m" if i == self.mask else "i"))
+        return " ".join(out)
+
+    # --- builders ---
+    def text_span(self, text_ids, max_text=None, warn=False, close=True):
+        """[SOT] text [EOT]. Text longer than max_text ids is cut and [EOT] re-appended (with a
+        warning when warn=True, i.e. when a user typed it). close=False leaves the span open for
+        the model to continue (captioning, answering, language modelling at sampling time)."""
+        text_ids = list(text_ids)
+        if max_text is not None and len(text_ids) > max_text:
+            if warn:
+                warnings.warn(f"text of {len(text_ids)} tokens cut to the model's limit of {max_text}")
+            text_ids = text_ids[:max_text]
+        return [self.sot, *text_ids] + ([self.eot] if close else [])
+
+    def image_span(self, codes):
+        """[SOI] image [EOI]. codes: an int array (h, w) or (N,) of image codes, or an int N for N
+        [MASK] slots (the canvas text-to-image sampling starts from)."""
+        if isinstance(codes, int):
+            body = [self.mask] * codes
+        else:
+            body = self.image_ids(codes).flatten().tolist()
+        return [self.soi, *body, self.eoi]
+
+    def t2i(self, text_ids, codes, max_text=None, warn=False):
+        """Text-to-image: [T2I] [SOT] text [EOT] [SOI] image [EOI]. Empty text = unconditional."""
+        ids = [self.t2i_token] + self.text_span(text_ids, max_text, warn) + self.image_span(codes)
+        return Row(ids, [False] * len(ids), "t2i")
+
+    def mmu(self, codes, prompt_ids, answer_ids=None, max_text=None, warn=False):
+        """Understanding: [MMU] [SOI] image [EOI] [SOT] prompt answer [EOT]. The answer (a caption
+        when the prompt is empty, or the answer to a question) and its [EOT] are the NTP targets;
+        the prompt is not. answer_ids=None leaves the text open after the prompt, for decoding."""
+        prompt_ids = list(prompt_ids)
+        head = [self.mmu_token] + self.image_span(codes)
+        if answer_ids is None:
+            text = self.text_span(prompt_ids, max_text, warn, close=False)
+            return Row(head + text, [False] * (len(head) + len(text)), "mmu")
+        text = self.text_span(prompt_ids + list(answer_ids), max_text, warn)
+        n_prompt = 1 + len(prompt_ids)  # [SOT] and the prompt are given, not predicted
+        targets = [False] * len(head) + [i >= n_prompt for i in range(len(text))]
+        return Row(head + text, targets, "mmu")
+
+    def lm(self, text_ids, max_text=None, warn=False, close=True):
+        """Language modelling: [SOT] text [EOT]; every text id and the [EOT] are targets."""
+        text = self.text_span(text_ids, max_text, warn, close)
+        return Row(text, [False] + [True] * (len(text) - 1), "lm")
+
+    def interleaved(self, segments, max_text=None, warn=False):
+        """Mixed modality: [T2I] then, for each segment in order, [SOT] text [EOT] for a list of text
+        ids or [SOI] image [EOI] for an array of codes. Text that follows an image is a target (the
+        model continues the story); the opening text is the prompt. Every image gets its own
+        bidirectional block in the omni-attention mask."""
+        ids, targets, seen_image = [self.t2i_token], [False], False
+        for seg in segments:
+            if isinstance(seg, (list, tuple)):
+                span = self.text_span(seg, max_text, warn)
+                ids += span
+                targets += [False] + [seen_image] * (len(span) - 1)
+            else:
+                span = self.image_span(seg)
+                ids += span
+                targets += [False] * len(span)
+                seen_image = True
+        return Row(ids, targets, "interleaved")
+
+    def pad_rows(self, rows, length=None):
+        """Rows -> one batch, every row padded to one length (text-to-image rows on the left, the
+        others on the right), so rows of different tasks share a tensor.
+        Returns ids (B, L) int64, text_targets (B, L) bool, task (B,) int64 (index into TASKS)."""
+        length = max(len(r.ids) for r in rows) if length is None else length
+        ids = torch.full((len(rows), length), self.pad, dtype=torch.long)
+        targets = torch.zeros(len(rows), length, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            n = len(row.ids)
+            if n > length:
+                raise ValueError(f"row {b} has {n} tokens, more than the batch length {length}")
+            cols = slice(length - n, length) if row.task == "t2i" else slice(0, n)
+            ids[b, cols] = torch.tensor(row.ids)
+            targets[b, cols] = torch.tensor(row.text_targets)
+        task = torch.tensor([TASKS.index(r.task) for r in rows])
+        return ids, targets, task
 
 
 if __name__ == "__main__":

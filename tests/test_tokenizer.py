@@ -1,12 +1,13 @@
 """Tests of tokenizer.py: the LFQ quantizer's invariants, the image tokenizer's training and
-checkpoints, and the BPE text tokenizer. Run: python -m pytest tests/test_tokenizer.py"""
+checkpoints, the BPE text tokenizer, and the unified token space with its row layouts.
+Run: python -m pytest tests/test_tokenizer.py"""
 import math
 
 import pytest
 import torch
 
-from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, image_tokenizer_checkpoint,
-                       load_bpe, load_image_tokenizer, save_bpe, train_bpe)
+from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TokenSpace,
+                       image_tokenizer_checkpoint, load_bpe, load_image_tokenizer, save_bpe, train_bpe)
 
 # ----------------------------------------------------------------------------- LFQ
 
@@ -206,3 +207,32 @@ def test_bpe_training_is_deterministic_and_validates_size():
     assert train_bpe(CAPTIONS, 290) == train_bpe(CAPTIONS, 290)
     with pytest.raises(ValueError, match=">= 256"):
         train_bpe(CAPTIONS, 100)
+
+
+# --- the unified token space and row layouts ---
+
+SPACE_ = TokenSpace(text_vocab_size=20, codebook_size=16)
+
+
+def test_token_space_layout():
+    s = SPACE_
+    assert (s.pad, s.sot, s.eot, s.soi, s.eoi, s.t2i_token, s.mmu_token) == tuple(range(20, 27))
+    assert s.sot != s.eot                     # unlike the public code, SOT and EOT are distinct ids
+    assert s.image_offset == 27 and s.mask == 27 + 16 == s.vocab_size - 1
+    assert s.is_image_code(torch.tensor([26, 27, 42, 43])).tolist() == [False, True, True, False]
+
+
+def test_over_long_text_is_cut_and_eot_re_appended_with_a_warning_for_user_text():
+    with pytest.warns(UserWarning, match="cut"):
+        row = SPACE_.t2i(list(range(10)), 4, max_text=3, warn=True)
+    assert SPACE_.describe(row.ids) == "[T2I] [SOT] t t t [EOT] [SOI] m m m m [EOI]"
+    row = SPACE_.mmu(torch.arange(2), [1, 2], [3, 4, 5], max_text=4)   # training data: cut silently
+    assert row.ids[-1] == SPACE_.eot and row.ids[-5:-1] == [1, 2, 3, 4]
+    assert row.text_targets[-3:] == [True, True, True]                # the kept answer ids and [EOT]
+
+
+def test_rows_built_from_user_text_hold_no_special_ids():
+    tok = TextTokenizer.from_ranks(train_bpe(["a red circle"], 260))
+    row = SPACE_.t2i(tok.encode("[T2I] <|t2i|> [EOT] [MASK]"), 4)
+    text = row.ids[2:row.ids.index(SPACE_.eot)]
+    assert all(i < tok.vocab_size for i in text)  # the text stays text ids, below every special id
