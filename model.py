@@ -1,0 +1,264 @@
+"""
+The Show-o transformer (arXiv 2408.12528): one decoder-only transformer over one vocabulary of text
+ids, special tokens and image codes, trained with two objectives at once (section 3.3):
+
+  - NTP, next-token prediction, on text: the usual shifted cross-entropy of a language model, for
+    captions and answers (understanding rows) and plain text (language-modelling rows);
+  - MTP, mask-token prediction, on images: a random share of an image's tokens is replaced by [MASK]
+    and the model predicts the code AT each masked position (not shifted), seeing the rest of the
+    image and the prompt through omni-attention (attention.py). This is MaskGIT's discrete diffusion.
+
+Follow one training row: tokenizer.TokenSpace lays it out ([T2I] [SOT] text [EOT] [SOI] image [EOI]),
+`mask_image_tokens` hides part of the image, `Showo.forward` embeds the ids, runs the blocks under
+the omni-attention mask of those ids, projects to the whole vocabulary, and `task_losses` scores the
+masked image positions and the text targets; `joint_loss` weights them (section 3.3, equation 4).
+
+Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, RoPE positions, and
+QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
+one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
+of very different statistics share one softmax.
+"""
+import math
+import pickle
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import attention, image_span_index, omni_attention_mask, omni_block_mask
+from tokenizer import TASKS, TokenSpace
+
+IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_index)
+
+
+@dataclass
+class ShowoConfig:
+    text_vocab_size: int = 512     # ids of the BPE text tokenizer
+    codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    mlp_ratio: int = 4
+    rope_base: float = 10000.0
+    max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
+    image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
+    flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd {self.n_embd} must split into {self.n_head} heads of even size (for RoPE)")
+
+    @property
+    def space(self):
+        return TokenSpace(self.text_vocab_size, self.codebook_size)
+
+
+# -----------------------------------------------------------------------------
+# Positions: rotary embeddings (RoFormer, arXiv 2104.09864)
+
+def rope_tables(positions, head_dim, base):
+    """positions (L,) -> cos, sin of shape (L, head_dim/2): angle position * base^(-2i/head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (L, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each (x1, x2) pair of x (B, H, L, D) by its position's angle. The dot product of a
+    rotated query and key then depends only on their distance, never on absolute positions, so
+    left padding (text-to-image rows) shifts nothing."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        # QK-Norm: one LayerNorm over the head dimension, shared by the heads, applied per head.
+        self.q_norm = nn.LayerNorm(self.head_dim)
+        self.k_norm = nn.LayerNorm(self.head_dim)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x, mask, rope):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # each (B, L, H, D)
+        q, k = self.q_norm(q), self.k_norm(k)          # QK-Norm: after the projection, before RoPE
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = attention(q, k, v, mask)                   # (B, H, L, D)
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd))
+
+    def forward(self, x, mask, rope):
+        x = x + self.attn(self.norm1(x), mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class Showo(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.space = cfg.space
+        self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: scale the residual outputs so depth does not grow the stream
+            for layer in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def attention_mask(self, ids):
+        if self.cfg.flex_attention and ids.is_cuda:
+            return omni_block_mask(ids, self.space)
+        return omni_attention_mask(ids, self.space)
+
+    def forward(self, ids, labels=None, task=None):
+        """ids (B, L) -> logits (B, L, V), and with labels (B, L) and task (B,) the dict of per-task
+        losses (see task_losses); otherwise None."""
+        B, L = ids.shape
+        mask = self.attention_mask(ids)
+        rope = rope_tables(torch.arange(L, device=ids.device), self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        x = self.embed(ids)  # (B, L, C)
+        for block in self.blocks:
+            x = block(x, mask, rope)
+        logits = self.head(self.norm(x))  # (B, L, V)
+        if labels is None:
+            return logits, None
+        return logits, task_losses(logits, labels, task, self.space)
+
+
+# -----------------------------------------------------------------------------
+# The joint objective (section 3.3)
+
+def mask_image_tokens(ids, task, space, generator=None):
+    """MTP corruption of a padded batch. In every image of a text-to-image or interleaved row:
+    draw t ~ U(0, 1), mask round(N * cos(pi/2 * t)) of its N tokens (at least one), chosen
+    uniformly. The cosine schedule masks 64% of an image on average and trains every ratio the
+    sampler will meet, from a blank canvas (t -> 0) to one token left (t -> 1).
+    Understanding rows keep their images: there the image is the input, not the target.
+
+    ids (B, L), task (B,) -> (input ids with [MASK] at the chosen positions, bool (B, L) of them)."""
+    span = image_span_index(ids, space)              # (B, L) k for the k-th image of the row
+    is_code = space.is_image_code(ids)               # image tokens proper, not [SOI]/[EOI]
+    generated = torch.tensor([TASKS[t] in ("t2i", "interleaved") for t in task.tolist()], device=ids.device)
+    masked = torch.zeros_like(is_code)
+    for b in generated.nonzero().flatten().tolist():
+        for k in span[b].unique().tolist():
+            if k == 0:
+                continue
+            slots = (is_code[b] & (span[b] == k)).nonzero().flatten()  # (N,) positions of this image
+            n = len(slots)
+            t = torch.rand((), generator=generator)
+            n_mask = max(1, round(n * math.cos(math.pi / 2 * t.item())))
+            chosen = slots[torch.randperm(n, generator=generator)[:n_mask].to(slots.device)]
+            masked[b, chosen] = True
+    return torch.where(masked, torch.full_like(ids, space.mask), ids), masked
+
+
+def training_labels(ids, text_targets, masked, space):
+    """Labels (B, L): the true id where a loss is taken (masked image slots, text targets), IGNORE
+    elsewhere: never on padding, prompts, [SOI]/[EOI] or the visible image tokens."""
+    labels = torch.full_like(ids, IGNORE)
+    keep = text_targets | masked
+    labels[keep] = ids[keep]
+    return labels
+
+
+def task_losses(logits, labels, task, space):
+    """Per-task mean cross-entropies from logits (B, L, V) and labels (B, L) (IGNORE = no loss).
+
+    t2i: MTP. At each labelled image position the prediction is of the code AT that position (no
+         shift: the [MASK] is at the answer's own place). The logits are cut to the 2^K image codes
+         before the softmax: the answer is always a code, so text ids and specials are not
+         candidates, exactly as in the sampler, which restricts to the same range.
+    mmu, lm: NTP. The logits at position i predict the label at i + 1 (shifted), over the whole
+         vocabulary; rows of understanding tasks (and interleaved rows' text) count as mmu.
+    Returns a dict with the terms the batch has rows for, each a scalar tensor."""
+    losses = {}
+    is_image = space.is_image_code(labels)                      # (B, L) labelled image slots
+    if is_image.any():
+        image_logits = logits[is_image][:, space.image_offset:space.mask]  # (n, C)
+        losses["t2i"] = F.cross_entropy(image_logits.float(), space.codes_of(labels[is_image]))
+    nxt = labels[:, 1:]                                          # (B, L-1) target for position i is at i+1
+    is_text = (nxt != IGNORE) & ~space.is_image_code(nxt)
+    row_task = task[:, None].expand_as(nxt)
+    for name, kinds in (("mmu", ("mmu", "interleaved")), ("lm", ("lm",))):
+        rows = torch.zeros_like(is_text)
+        for kind in kinds:
+            rows |= row_task == TASKS.index(kind)
+        select = is_text & rows
+        if select.any():
+            losses[name] = F.cross_entropy(logits[:, :-1][select].float(), nxt[select])
+    return losses
+
+
+def joint_loss(losses, weights):
+    """L = w_t2i * L_MTP + w_mmu * L_MMU + w_lm * L_LM (Show-o's configs: 1, 1, 0.1). Terms the
+    batch has no rows for are left out."""
+    return sum(weights[name] * value for name, value in losses.items())
+
+
+def optimizer_groups(model, weight_decay):
+    """AdamW groups: decay the matrices of linear layers only. Norm gains, biases and the embedding
+    table get none: decaying a LayerNorm gain pulls it toward 0 (not its neutral 1) and decaying
+    embeddings shrinks rare tokens' rows just for being rare (one of the public code's quirks)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+def showo_checkpoint(model, **extra):
+    """One plain dict (config as a dict), loadable with torch.load(weights_only=True)."""
+    return dict(kind="showo", config=asdict(model.cfg), model=model.state_dict(), **extra)
+
+
+def load_showo(path, map_location="cpu"):
+    """-> (model in eval mode, checkpoint dict). Clear errors for a missing, foreign or damaged file."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no Show-o checkpoint at {path}; train one with `python train.py showo`") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint (it may be damaged, or hold code, which "
+                         f"is never run): {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "showo":
+        raise ValueError(f"{path} is not a Show-o checkpoint")
+    try:
+        model = Showo(ShowoConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{path} does not match this version's Show-o model: {e}") from e
+    return model.eval(), ckpt
