@@ -15,10 +15,13 @@ atomically (temporary file, then rename), so a crash never leaves a half-written
 `--resume` continues from the last one with the same step, optimizer state and data order.
 """
 import argparse
+import hashlib
 import inspect
 import json
 import math
 import os
+import pickle
+import random
 import re
 import sys
 import time
@@ -31,6 +34,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+from model import (Showo, ShowoConfig, joint_loss, load_showo, mask_image_tokens, optimizer_groups,
+                   showo_checkpoint, training_labels)
 from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, images_to_tensor,
                        image_tokenizer_checkpoint, load_bpe, load_image_tokenizer, save_bpe,
                        tensor_to_images, train_bpe)
@@ -299,6 +304,312 @@ def train_tokenizer(cfg):
 
 
 # -----------------------------------------------------------------------------
+# Show-o training: the knobs, the three stages, the data of each task
+
+
+@dataclass
+class ShowoTrainConfig:
+    dataset: str = "shapes"       # shapes | cifar10 | coco | folder
+    data_dir: str = None          # where cifar10/coco/folder data lives (shapes needs none)
+    tokenizer: str = None         # image tokenizer checkpoint, text.tiktoken beside it (None: the one in OUT/..)
+    stage: int = 1                # 1: class/label-conditional generation + captioning + LM; 2: captions; 3: QA
+    init: str = None              # start from this Show-o checkpoint's weights (the previous stage's)
+    out: str = None               # run folder for showo.pt and log.jsonl (None: out/DATASET/stageN)
+    limit: int = None             # use at most this many training images
+    image_size: int = 32          # must match the image tokenizer
+    # model (model.ShowoConfig)
+    n_layer: int = 4              # transformer blocks
+    n_head: int = 4               # attention heads (QK-Norm per head)
+    n_embd: int = 256             # width
+    max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
+    # the batch: fractions of its rows per task (they are normalised to sum to 1)
+    t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
+    caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
+    vqa_frac: float = 0.0         # question -> answer rows (understanding, NTP loss)
+    lm_frac: float = 0.1          # text-only language-modelling rows (NTP loss)
+    cond_dropout: float = 0.1     # probability that a text-to-image prompt is replaced by the empty one (for guidance)
+    w_t2i: float = 1.0            # loss weights: L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM
+    w_mmu: float = 1.0
+    w_lm: float = 0.1
+    # optimisation
+    max_steps: int = 1000         # optimizer steps in all (a resumed run continues to this)
+    batch_size: int = 64          # rows per step
+    lr: float = 1e-3              # peak AdamW learning rate
+    weight_decay: float = 0.05    # on linear-layer matrices only (not norms, biases, embeddings)
+    warmup_steps: int = 50        # linear warm-up, then cosine decay to lr * min_lr_frac
+    min_lr_frac: float = 0.1      # final learning rate as a fraction of --lr
+    grad_clip: float = 1.0        # clip the gradient's global norm to this
+    eval_every: int = 100         # held-out losses + checkpoint every this many steps
+    eval_rows: int = 256          # held-out rows for the periodic evaluation
+    seed: int = 0                 # data order, masking and model init all follow it
+    device: str = "auto"          # auto (cuda -> mps -> cpu) | cpu | cuda | mps
+    compile: bool = False         # torch.compile the model (CUDA only; ignored elsewhere)
+    flex_attention: bool = False  # FlexAttention instead of SDPA with a dense mask (CUDA only)
+    resume: bool = False          # continue from OUT/showo.pt
+
+
+# The paper's three stages (section 3.4) as batch mixes. Stage 1 conditions generation on class
+# names where the data has classes (CIFAR-10); the shapes world and COCO have none, so their stage 1
+# uses captions, like stage 2. Stage 3 adds question -> answer rows and keeps the other tasks in the
+# mix so nothing learned earlier is forgotten.
+SHOWO_STAGES = {
+    1: dict(t2i_frac=0.5, caption_frac=0.4, vqa_frac=0.0, lm_frac=0.1),
+    2: dict(t2i_frac=0.5, caption_frac=0.5, vqa_frac=0.0, lm_frac=0.0),
+    3: dict(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.4, lm_frac=0.0),
+}
+SHOWO_PRESETS = {"shapes": dict(max_steps=1000), "cifar10": dict(max_steps=2000), "coco": dict(max_steps=1000),
+                 "folder": dict(max_steps=1000)}
+SHOWO_RESUME_MUST_MATCH = ("dataset", "limit", "stage", "batch_size", "seed", "lr", "warmup_steps", "min_lr_frac",
+                           "max_steps", "t2i_frac", "caption_frac", "vqa_frac", "lm_frac", "cond_dropout")
+CIFAR_QUESTION = "what is this?"
+COCO_QUESTION = "describe the image."
+
+
+def file_digest(path):
+    """SHA-256 of a file (first 16 hex digits): what ties caches and checkpoints to one tokenizer."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def image_codes(ds, tokenizer_path, device, limit_note=""):
+    """Tokenize every image of ds once and cache the codes next to the tokenizer, keyed by the
+    tokenizer's digest and the dataset, so training steps never run the image encoder.
+    -> (N, h*w) int64 codes."""
+    digest = file_digest(tokenizer_path)
+    key = f"{ds.name}-{ds.split}-{len(ds)}-{ds.images.shape[1]}px-{ds.info.get('seed', 0)}-{digest}"
+    cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
+    if os.path.exists(cache):
+        codes = torch.load(cache, weights_only=True)
+        if len(codes) == len(ds):
+            return codes.long()
+    model, _ = load_image_tokenizer(tokenizer_path)
+    model.to(device)
+    codes = []
+    for i in tqdm(range(0, len(ds), 256), desc=f"tokenizing {ds.name} {ds.split}", dynamic_ncols=True):
+        x = images_to_tensor(ds.images[i:i + 256]).to(device)
+        with torch.no_grad(), autocast(device):
+            codes.append(model.encode(x).flatten(1).cpu())  # (b, h, w) -> (b, h*w), row-major
+    codes = torch.cat(codes).to(torch.int32)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    atomic_save(codes, cache)
+    return codes.long()
+
+
+class TaskRows:
+    """Turns dataset item i into the rows of each task (tokenizer.TokenSpace lays them out).
+    What each task's text is depends on the dataset:
+                 text-to-image prompt          caption (target)          question -> answer
+      shapes     one of the image's captions   a full description        the world's QA pairs
+      cifar10    class name (stage 1),         "a photo of a cat"        "what is this?" -> "cat"
+                 else "a photo of a cat"
+      coco       one of the captions           one of the captions       "describe the image." -> caption
+    """
+
+    def __init__(self, ds, codes, text_tokenizer, space, max_text, stage):
+        self.ds, self.codes, self.tok, self.space, self.max_text, self.stage = ds, codes, text_tokenizer, space, max_text, stage
+
+    def prompt(self, i, rng):
+        if self.ds.name == "cifar10" and self.stage == 1:
+            return self.ds.class_names[self.ds.labels[i]]
+        return rng.choice(self.ds.captions[i])
+
+    def caption(self, i, rng):
+        if self.ds.scenes is not None:  # the shapes world: the most complete caption its grammar allows
+            from data.shapes import caption
+            return caption(self.ds.scenes[i], rng, "description")[0]
+        return rng.choice(self.ds.captions[i])
+
+    def question_answer(self, i, rng):
+        if self.ds.qa is not None:
+            question, answer, _ = rng.choice(self.ds.qa[i])
+            return question, answer
+        if self.ds.labels is not None:
+            return CIFAR_QUESTION, self.ds.class_names[self.ds.labels[i]]
+        return COCO_QUESTION, rng.choice(self.ds.captions[i])
+
+    def row(self, task, i, rng, cond_dropout=0.0):
+        enc, codes = self.tok.encode, self.codes[i]
+        if task == "t2i":
+            text = "" if rng.random() < cond_dropout else self.prompt(i, rng)
+            return self.space.t2i(enc(text), codes, self.max_text)
+        if task == "caption":
+            return self.space.mmu(codes, [], enc(self.caption(i, rng)), self.max_text)
+        if task == "vqa":
+            question, answer = self.question_answer(i, rng)
+            return self.space.mmu(codes, enc(question), enc(" " + answer), self.max_text)
+        if task == "lm":
+            return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
+        raise ValueError(f"unknown task {task!r}")
+
+
+def task_counts(cfg, batch_size):
+    """Rows per task in a batch of batch_size, from the fractions (largest remainder rounding)."""
+    fracs = dict(t2i=cfg.t2i_frac, caption=cfg.caption_frac, vqa=cfg.vqa_frac, lm=cfg.lm_frac)
+    total = sum(fracs.values())
+    exact = {k: batch_size * v / total for k, v in fracs.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:batch_size - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def showo_batch(rows_of, step, cfg, batch_size=None, seed_offset=0):
+    """The batch of training step `step`: a pure function of (seed, step), like batch_indices, so a
+    resumed run sees the same rows, the same condition dropout and the same masks.
+    -> (input ids (B, L), labels (B, L), task (B,))."""
+    batch_size = batch_size or cfg.batch_size
+    seed = cfg.seed * 1_000_003 + seed_offset
+    rng = random.Random(seed * 7_919 + step)                       # text choices, condition dropout
+    gen = torch.Generator().manual_seed(seed * 104_729 + step)     # image masking
+    items = batch_indices(step, len(rows_of.codes), batch_size, seed).tolist()
+    rows = []
+    for task, n in task_counts(cfg, len(items)).items():
+        rows += [rows_of.row(task, i, rng, cfg.cond_dropout) for i in items[len(rows):len(rows) + n]]
+    space = rows_of.space
+    ids, text_targets, task = space.pad_rows(rows)
+    inputs, masked = mask_image_tokens(ids, task, space, gen)
+    return inputs, training_labels(ids, text_targets, masked, space), task
+
+
+def check_vocabulary(ckpt, path, text_vocab_size, codebook_size, tokenizer_digest):
+    """A checkpoint is only usable with the tokenizers it was trained with."""
+    cfg = ckpt["config"]
+    if cfg["text_vocab_size"] != text_vocab_size or cfg["codebook_size"] != codebook_size:
+        raise ValueError(f"{path} was trained with {cfg['text_vocab_size']} text ids and {cfg['codebook_size']} "
+                         f"image codes, but the tokenizers give {text_vocab_size} and {codebook_size}")
+    if ckpt.get("tokenizer_digest") != tokenizer_digest:
+        raise ValueError(f"{path} was trained with a different image tokenizer ({ckpt.get('tokenizer')}, digest "
+                         f"{ckpt.get('tokenizer_digest')}) than {tokenizer_digest}: its image codes mean other things")
+
+
+@torch.no_grad()
+def held_out_losses(model, rows_of, cfg, device, n_rows):
+    """Per-task losses on fixed held-out rows (same rows and masks at every evaluation)."""
+    model.eval()
+    totals, counts = {}, {}
+    for start in range(0, n_rows, cfg.batch_size):
+        ids, labels, task = showo_batch(rows_of, start // cfg.batch_size, cfg, min(cfg.batch_size, n_rows - start),
+                                        seed_offset=1)
+        with autocast(device):
+            _, losses = model(ids.to(device), labels.to(device), task.to(device))
+        for name, value in losses.items():
+            totals[name] = totals.get(name, 0.0) + value.item()
+            counts[name] = counts.get(name, 0) + 1
+    model.train()
+    return {name: round(totals[name] / counts[name], 4) for name in totals}
+
+
+def train_showo(cfg):
+    device = autodetect_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, "showo.pt")
+    log_path = os.path.join(cfg.out, "log.jsonl")
+    if os.path.exists(ckpt_path) and not cfg.resume:
+        sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it or choose another --out")
+
+    # Tokenizers: the image tokenizer checkpoint, and the BPE written next to it by `train.py tokenizer`.
+    text_path = os.path.join(os.path.dirname(os.path.abspath(cfg.tokenizer)), "text.tiktoken")
+    image_tok, _ = load_image_tokenizer(cfg.tokenizer)
+    if not os.path.exists(text_path):
+        raise FileNotFoundError(f"no text tokenizer at {text_path} (train.py tokenizer writes it next to tokenizer.pt)")
+    text_tok = TextTokenizer.from_file(text_path)
+    if image_tok.cfg.image_size != cfg.image_size:
+        raise ValueError(f"the image tokenizer works on {image_tok.cfg.image_size}px images, not --image-size {cfg.image_size}")
+    digest = file_digest(cfg.tokenizer)
+    model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
+                            image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention)
+    del image_tok
+
+    # Data: images become codes once (cached); rows are built per step from codes and text.
+    train_ds = data.load(cfg.dataset, "train", cfg.data_dir, cfg.image_size, cfg.limit, cfg.seed)
+    eval_ds = (train_ds if cfg.dataset == "folder" else
+               data.load(cfg.dataset, "val" if cfg.dataset == "coco" else "test", cfg.data_dir, cfg.image_size,
+                         cfg.eval_rows, cfg.seed))
+    if len(train_ds) < cfg.batch_size:
+        sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size})")
+    space = model_cfg.space
+    train_rows = TaskRows(train_ds, image_codes(train_ds, cfg.tokenizer, device), text_tok, space, cfg.max_text, cfg.stage)
+    eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, space, cfg.max_text, cfg.stage)
+
+    model, step = Showo(model_cfg), 0
+    resume_ckpt = None
+    if cfg.resume and os.path.exists(ckpt_path):
+        model, resume_ckpt = load_showo(ckpt_path)
+        check_vocabulary(resume_ckpt, ckpt_path, model_cfg.text_vocab_size, model_cfg.codebook_size, digest)
+        changed = [k for k in SHOWO_RESUME_MUST_MATCH if resume_ckpt["train_config"][k] != getattr(cfg, k)]
+        if model.cfg != model_cfg or changed:
+            sys.exit(f"error: cannot resume {ckpt_path} with different "
+                     f"{', '.join('--' + k.replace('_', '-') for k in changed) or 'model options'}")
+        step = resume_ckpt["step"]
+    elif cfg.init:
+        init_model, init_ckpt = load_showo(cfg.init)
+        check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest)
+        if init_model.cfg != model_cfg:
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-* options")
+        model = init_model
+        print(f"initialised from {cfg.init} (stage {init_ckpt['train_config']['stage']}, step {init_ckpt['step']})")
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        print(f"resumed from {ckpt_path} at step {step}")
+    # The log keeps exactly the steps the checkpoint contains: steps logged after it (by a run that
+    # was killed before its next checkpoint) are dropped and will be redone identically.
+    old_log = open(log_path).read().splitlines() if (resume_ckpt is not None and os.path.exists(log_path)) else []
+    with open(log_path + ".tmp", "w") as f:
+        f.writelines(line + "\n" for line in old_log if json.loads(line)["step"] <= step)
+    os.replace(log_path + ".tmp", log_path)
+    counts = task_counts(cfg, cfg.batch_size)
+    print(f"Show-o stage {cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, vocabulary {space.vocab_size} "
+          f"({space.text_vocab_size} text + 7 special + {space.codebook_size} image codes + [MASK]), "
+          f"{model_cfg.image_tokens} tokens per image; batch of {cfg.batch_size} rows: "
+          + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f"; device {device}")
+    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    weights = dict(t2i=cfg.w_t2i, mmu=cfg.w_mmu, lm=cfg.w_lm)
+
+    log = open(log_path, "a")
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc=f"showo stage {cfg.stage}",
+               dynamic_ncols=True, mininterval=1.0)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ids, labels, task = (t.to(device) for t in showo_batch(train_rows, step, cfg))
+        with autocast(device):
+            _, losses = train_model(ids, labels, task)
+        loss = joint_loss(losses, weights)
+        if not torch.isfinite(loss):
+            sys.exit(f"error: loss became {loss.item()} at step {step}; stopping. The last good checkpoint "
+                     f"is {ckpt_path}. Try a lower --lr.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        record = dict(step=step + 1, lr=lr, loss=round(loss.item(), 5), **{k: round(v.item(), 5) for k, v in losses.items()})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "t2i", "mmu", "lm")})
+
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+            record["eval"] = held_out_losses(model, eval_rows, cfg, device, cfg.eval_rows)
+            record["minutes"] = round((time.time() - t0) / 60, 2)
+            tqdm.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
+            atomic_save(showo_checkpoint(model, optimizer=optimizer.state_dict(), step=done, train_config=asdict(cfg),
+                                         tokenizer=os.path.abspath(cfg.tokenizer), tokenizer_digest=digest,
+                                         text_tokenizer=text_path), ckpt_path)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+    log.close()
+    print(f"done: {ckpt_path} ({(time.time() - t0) / 60:.1f} min), per-step losses in {log_path}")
+    return ckpt_path
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -332,12 +643,45 @@ def config_from_args(args, config_cls, presets):
     return config_cls(**values)
 
 
+def main_showo(args, parser):
+    if args.dataset is not None and args.dataset not in data.DATASETS:
+        parser.error(f"--dataset must be one of {', '.join(data.DATASETS)}")
+    stage = args.stage or ShowoTrainConfig.stage
+    if stage not in SHOWO_STAGES:
+        parser.error(f"--stage must be 1, 2 or 3, not {stage}")
+    dataset = args.dataset or ShowoTrainConfig.dataset
+    # defaults: the dataset preset, then the stage's batch mix, then whatever the user typed
+    presets = {dataset: {**SHOWO_PRESETS.get(dataset, {}), **SHOWO_STAGES[stage],
+                         "out": os.path.join("out", dataset, f"stage{stage}")}}
+    cfg = config_from_args(args, ShowoTrainConfig, presets)
+    if cfg.tokenizer is None:
+        cfg.tokenizer = os.path.join(os.path.dirname(os.path.normpath(cfg.out)), "tokenizer.pt")
+    for name in ("max_steps", "batch_size", "eval_every", "eval_rows", "n_layer", "n_head", "n_embd", "max_text"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    fracs = (cfg.t2i_frac, cfg.caption_frac, cfg.vqa_frac, cfg.lm_frac)
+    if min(fracs) < 0 or sum(fracs) <= 0:
+        parser.error("the task fractions must be >= 0 and not all 0")
+    if not 0 <= cfg.cond_dropout <= 1:
+        parser.error("--cond-dropout must be in [0, 1]")
+    if cfg.dataset != "shapes" and cfg.data_dir is None:
+        parser.error(f"--data-dir is needed for {cfg.dataset} (e.g. ../shared/data)")
+    try:
+        return train_showo(cfg)
+    except (OSError, ValueError) as e:  # missing/incompatible tokenizers or checkpoints, bad data
+        sys.exit(f"error: {e}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
     add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS)
+    showo = sub.add_parser("showo", help="train the Show-o transformer (one stage) on tokenized data")
+    add_config_arguments(showo, ShowoTrainConfig, SHOWO_PRESETS)
     args = parser.parse_args(argv)
+    if args.command == "showo":
+        return main_showo(args, showo)
     main_job = args.command is None
     if main_job:  # the main job: the shapes preset, resumed if it was interrupted, then evaluated
         args = parser.parse_args(["tokenizer", "--resume"])

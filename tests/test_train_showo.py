@@ -1,0 +1,177 @@
+"""End-to-end tests of `train.py showo` at toy sizes: outputs, the token cache, stages, exact resume after
+kill -9, refusing unsafe or mismatched checkpoints, NaN handling and condition dropout.
+Run: python -m pytest tests/test_train_showo.py"""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from model import load_showo
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOKENIZER = ["tokenizer", "--dataset", "shapes", "--limit", "64", "--eval-images", "16", "--image-size", "16",
+                  "--channels", "8,16,16", "--bits", "5", "--batch-size", "16", "--warmup-steps", "1",
+                  "--bpe-vocab", "300", "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]
+TINY_SHOWO = ["--dataset", "shapes", "--limit", "64", "--image-size", "16", "--n-layer", "1", "--n-head", "2",
+              "--n-embd", "32", "--batch-size", "16", "--eval-rows", "16", "--warmup-steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A 2-step image tokenizer (16px -> 4x4 tokens of 5 bits) and its BPE, shared by these tests."""
+    out = tmp_path_factory.mktemp("tok")
+    train.main(TINY_TOKENIZER + ["--out", str(out)])
+    return out / "tokenizer.pt"
+
+
+def showo(tokenizer, out, *extra):
+    return train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(tokenizer), "--out", str(out)] + list(extra))
+
+
+def read_log(out):
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_writes_checkpoint_log_and_token_cache(tokenizer, tmp_path):
+    showo(tokenizer, tmp_path, "--max-steps", "4", "--eval-every", "2")
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {"t2i", "mmu", "lm", "lr", "loss"} <= set(log[0]) and "eval" in log[1] and "eval" not in log[2]
+    model, ckpt = load_showo(tmp_path / "showo.pt")  # weights_only load
+    assert ckpt["step"] == 4 and ckpt["train_config"]["stage"] == 1
+    assert model.cfg.codebook_size == 32 and model.cfg.image_tokens == 16
+    caches = list((tokenizer.parent / "cache").glob("codes-shapes-*.pt"))
+    assert len(caches) == 2  # train and test splits, tokenized once
+
+
+def test_cached_codes_are_reused_without_running_the_image_encoder(tokenizer, tmp_path, monkeypatch):
+    showo(tokenizer, tmp_path / "a", "--max-steps", "1", "--eval-every", "1")
+    monkeypatch.setattr(train, "load_image_tokenizer",
+                        lambda *a, **k: pytest.fail("the encoder ran although the codes were cached"))
+    import data
+    ds = data.load("shapes", "train", image_size=16, limit=64)
+    codes = train.image_codes(ds, tokenizer, torch.device("cpu"))
+    assert codes.shape == (64, 16) and codes.dtype == torch.int64 and 0 <= codes.min() and codes.max() < 32
+
+
+def test_stages_chain_through_init(tokenizer, tmp_path):
+    showo(tokenizer, tmp_path / "s1", "--max-steps", "2", "--eval-every", "2")
+    showo(tokenizer, tmp_path / "s3", "--stage", "3", "--init", str(tmp_path / "s1" / "showo.pt"),
+          "--max-steps", "2", "--eval-every", "2")
+    log = read_log(tmp_path / "s3")
+    assert "mmu" in log[0] and "lm" not in log[0]  # stage 3: QA + captions + generation, no LM rows
+    _, ckpt = load_showo(tmp_path / "s3" / "showo.pt")
+    assert ckpt["train_config"]["vqa_frac"] > 0 and ckpt["step"] == 2
+
+
+def test_checkpoint_from_another_tokenizer_is_refused(tokenizer, tmp_path):
+    other = tmp_path / "othertok"
+    train.main(TINY_TOKENIZER + ["--out", str(other), "--seed", "1"])  # same sizes, different weights
+    showo(tokenizer, tmp_path / "s1", "--max-steps", "1", "--eval-every", "1")
+    with pytest.raises(SystemExit, match="different image tokenizer"):
+        train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(other / "tokenizer.pt"), "--out", str(tmp_path / "s2"),
+                                             "--stage", "2", "--init", str(tmp_path / "s1" / "showo.pt")])
+    small = tmp_path / "smalltok"
+    train.main(TINY_TOKENIZER + ["--out", str(small), "--bits", "4"])
+    with pytest.raises(SystemExit, match="image codes"):
+        train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(small / "tokenizer.pt"), "--out", str(tmp_path / "s3"),
+                                             "--init", str(tmp_path / "s1" / "showo.pt")])
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = None
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    global MARKER
+    MARKER = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"kind": "showo", "config": {}, "model": RunsCode()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_showo(path)
+    assert not MARKER.exists()
+    with open(path, "wb") as f:  # a bare pickle, not even torch's zip format
+        pickle.dump(RunsCode(), f)
+    with pytest.raises(ValueError):
+        load_showo(path)
+    assert not MARKER.exists()
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tokenizer, tmp_path, monkeypatch):
+    real = train.joint_loss
+    calls = []
+
+    def nan_at_step_3(losses, weights):
+        calls.append(1)
+        loss = real(losses, weights)
+        return loss * float("nan") if len(calls) == 3 else loss
+    monkeypatch.setattr(train, "joint_loss", nan_at_step_3)
+    with pytest.raises(SystemExit, match="loss became nan at step 2"):
+        showo(tokenizer, tmp_path, "--max-steps", "4", "--eval-every", "2")
+    assert torch.load(tmp_path / "showo.pt", weights_only=True)["step"] == 2
+
+
+def test_condition_dropout_rate(tokenizer):
+    import data
+    from tokenizer import TextTokenizer
+    ds = data.load("shapes", "train", image_size=16, limit=64)
+    codes = train.image_codes(ds, tokenizer, torch.device("cpu"))
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    cfg = train.ShowoTrainConfig(batch_size=64, t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0, cond_dropout=0.1)
+    from model import ShowoConfig
+    space = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32).space
+    rows = train.TaskRows(ds, codes, text, space, 40, stage=2)
+    empty = total = 0
+    for step in range(40):
+        ids, _, _ = train.showo_batch(rows, step, cfg)
+        sot = (ids == space.sot).nonzero()
+        empty += (ids[sot[:, 0], sot[:, 1] + 1] == space.eot).sum().item()  # [SOT][EOT]: the empty prompt
+        total += len(sot)
+    assert total == 2560 and abs(empty / total - 0.1) < 0.02  # 3 standard deviations is 0.018
+
+
+def test_kill_9_between_checkpoints_then_resume_gives_the_same_losses(tokenizer, tmp_path):
+    args = [sys.executable, str(ROOT / "train.py"), "showo"] + TINY_SHOWO + [
+        "--tokenizer", str(tokenizer), "--max-steps", "60", "--eval-every", "10"]
+    subprocess.run(args + ["--out", str(tmp_path / "straight")], check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill when step 15 is logged (checkpoint at 10)
+        if log.exists() and len(log.read_text().splitlines()) >= 15:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(out / "showo.pt", weights_only=True)["step"]
+    assert saved < 60 and len(read_log(out)) > saved  # it died between two checkpoints
+
+    subprocess.run(args + ["--out", str(out), "--resume"], check=True, capture_output=True)
+    straight, resumed = read_log(tmp_path / "straight"), read_log(out)
+    assert [r["step"] for r in resumed] == list(range(1, 61))
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "minutes"} for r in rows]
+    assert drop_time(resumed) == drop_time(straight)  # every step's losses, lr and held-out losses, exactly
+
+
+def test_bench_train_reports_the_omni_over_causal_ratio():
+    out = subprocess.run([sys.executable, "bench.py", "train", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["omni_over_causal"] > 0 and result["tokens_per_s"] > 0 and result["peak_mem_mb"] >= 0
+    assert 0 < result["fraction_of_matmul_peak"] < 2
