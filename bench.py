@@ -3,6 +3,7 @@ Benchmarks. The last printed line is one JSON object. Quote medians and ratios f
 machines are shared and noisy, so absolute numbers move between runs more than ratios do.
 
     python bench.py tokenizer            # default sizes; --quick for a fast smoke run
+    python bench.py train                # Show-o training steps: omni-attention vs plain causal
 
 `tokenizer` measures
 1. encode + decode throughput (images/s) of the image tokenizer at the shapes preset size;
@@ -13,6 +14,14 @@ machines are shared and noisy, so absolute numbers move between runs more than r
    VQ uses D = K latent channels, the same latent width as LFQ. Memory is the peak extra resident
    memory of the calls (Linux /proc peak RSS, reset before them; each case in a fresh subprocess) or
    torch's peak allocator statistic (CUDA).
+
+`train` measures a full Show-o training step (forward, joint loss, backward, AdamW) on a mixed batch
+laid out like the main job's (half text-to-image rows, 40% captioning, 10% language modelling; 8x8
+images, 16-token texts) at a small and a medium model size: ms per step, tokens/s and peak memory,
+against the same model and batch with a plain causal mask (SDPA's is_causal path), and the achieved
+FLOP/s as a fraction of this machine's measured fp32 matmul peak. FLOPs per step are counted as
+6 x (parameters in matrices, head included) x tokens + 12 x layers x width x length x tokens for
+the attention scores and their weighted sums (forward 1x, backward 2x).
 """
 import argparse
 import json
@@ -24,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from model import Showo, ShowoConfig, joint_loss, mask_image_tokens, optimizer_groups, training_labels
 from tokenizer import LFQ, ImageTokenizer, ImageTokenizerConfig
-from train import TOKENIZER_PRESETS, TokenizerTrainConfig, autodetect_device
+from train import TOKENIZER_PRESETS, TokenizerTrainConfig, autocast, autodetect_device
 
 
 def median_time(fn, repeats, device):
@@ -88,15 +98,17 @@ def quantizer_case(method, bits, tokens, repeats, device):
     return dict(method=method, bits=bits, tokens=tokens, ms=seconds * 1e3, peak_mb=max(peak_mb, 0.0))
 
 
-def run_quantizer_case_isolated(method, bits, tokens, repeats, device):
-    """On CPU each case runs in its own fresh process, so one case's freed memory cannot hide another's."""
+def run_isolated(function, args, device):
+    """Run one benchmark case, `function(*args, device=device)` of this file. On CPU it runs in a fresh
+    process, so one case's freed memory cannot hide another's peak; on CUDA the allocator's own peak
+    statistic is reset per case, so it runs here."""
     if device.type == "cuda":
-        return quantizer_case(method, bits, tokens, repeats, device)
-    code = (f"import json, torch; from bench import quantizer_case; torch.set_num_threads({torch.get_num_threads()}); "
-            f"print(json.dumps(quantizer_case({method!r}, {bits}, {tokens}, {repeats}, torch.device('cpu'))))")
+        return globals()[function](*args, device=device)
+    code = (f"import json, torch; from bench import {function}; torch.set_num_threads({torch.get_num_threads()}); "
+            f"print(json.dumps({function}(*{args!r}, device=torch.device('cpu'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     if out.returncode != 0:  # e.g. VQ's (tokens, 2^bits) distance matrix did not fit in memory
-        sys.exit(f"error: the {method} case with 2^{bits} codes and {tokens} tokens failed:\n{out.stderr[-2000:]}")
+        sys.exit(f"error: benchmark case {function}{args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -118,7 +130,7 @@ def bench_tokenizer(args):
     rows = []
     for bits in args.bits:
         for method in ("lfq", "vq"):
-            rows.append(run_quantizer_case_isolated(method, bits, args.tokens, args.repeats, device))
+            rows.append(run_isolated("quantizer_case", (method, bits, args.tokens, args.repeats), device))
             r = rows[-1]
             print(f"{method:>3} 2^{bits:<2} codes, {args.tokens} tokens: {r['ms']:9.3f} ms  "
                   f"peak +{r['peak_mb']:8.1f} MB")
@@ -133,6 +145,100 @@ def bench_tokenizer(args):
                 vq_ms={str(2 ** b): round(by["vq", b]["ms"], 3) for b in args.bits})
 
 
+TRAIN_SIZES = {  # name: (model, rows per batch); medium is the main job's Show-o
+    "small": (dict(n_layer=2, n_head=4, n_embd=128), 32),
+    "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64),
+}
+
+
+def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
+    """A mixed batch with random text ids and codes, laid out like the main job's: (ids, labels, task)."""
+    g = torch.Generator().manual_seed(seed)
+    text = lambda: torch.randint(0, space.text_vocab_size, (text_len,), generator=g).tolist()  # noqa: E731
+    image = lambda: torch.randint(0, space.codebook_size, (image_tokens,), generator=g)  # noqa: E731
+    n_t2i, n_mmu = rows // 2, (rows * 2) // 5
+    batch = ([space.t2i(text(), image()) for _ in range(n_t2i)] + [space.mmu(image(), [], text()) for _ in range(n_mmu)]
+             + [space.lm(text()) for _ in range(rows - n_t2i - n_mmu)])
+    ids, text_targets, task = space.pad_rows(batch)
+    inputs, masked = mask_image_tokens(ids, task, space, g)
+    return inputs, training_labels(ids, text_targets, masked, space), task
+
+
+def step_flops(model, ids):
+    cfg, (B, L) = model.cfg, ids.shape
+    matrix_params = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith("embed"))
+    return 6 * matrix_params * B * L + 12 * cfg.n_layer * cfg.n_embd * L * B * L
+
+
+def train_case(size, attention_kind, repeats, device):
+    """Median time and peak memory of one training step. Returns a dict."""
+    model_kw, rows = TRAIN_SIZES[size]
+    torch.manual_seed(0)
+    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, **model_kw)).to(device).train()
+    if attention_kind == "causal":  # the same model, with SDPA's is_causal path instead of the omni mask
+        model.attention_mask = lambda ids: None
+    ids, labels, task = (t.to(device) for t in synthetic_batch(model.space, rows))
+    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4)
+    weights = dict(t2i=1.0, mmu=1.0, lm=0.1)
+
+    def step():
+        with autocast(device):
+            _, losses = model(ids, labels, task)
+        optimizer.zero_grad(set_to_none=True)
+        joint_loss(losses, weights).backward()
+        optimizer.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        seconds = median_time(step, repeats, device)
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = proc_status_kib("VmRSS")
+        seconds = median_time(step, repeats, device)
+        peak_mb = (proc_status_kib("VmHWM") - base) / 1024
+    tokens = ids.numel()
+    return dict(size=size, attention=attention_kind, rows=rows, length=ids.shape[1], ms=seconds * 1e3,
+                tokens_per_s=tokens / seconds, peak_mb=max(peak_mb, 0.0), flops_per_s=step_flops(model, ids) / seconds,
+                params=model.num_params())
+
+
+def matmul_peak(device, n=1024, repeats=7):
+    """The machine's fp32 (bf16 on CUDA) matmul FLOP/s on square n x n matrices: the roofline we compare to."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / median_time(lambda: a @ b, repeats, device)
+
+
+def bench_train(args):
+    device = autodetect_device(args.device)
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}")
+    peak = matmul_peak(device)
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    results = {}
+    for size in args.sizes:
+        runs = {"omni": [], "causal": []}
+        for _ in range(args.rounds):  # alternate the two kinds: a shared machine's drift hits both alike
+            for kind in runs:
+                runs[kind].append(run_isolated("train_case", (size, kind, args.repeats), device))
+        for kind, rs in runs.items():
+            r = results[size, kind] = sorted(rs, key=lambda r: r["ms"])[len(rs) // 2]  # the median round
+            print(f"{size:>6} {kind:>6}: {r['params'] / 1e6:.2f}M params, {r['rows']} rows x {r['length']} tokens: "
+                  f"{r['ms']:8.1f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, peak +{r['peak_mb']:.0f} MB, "
+                  f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    ratio = {size: round(results[size, "omni"]["ms"] / results[size, "causal"]["ms"], 3) for size in args.sizes}
+    print("omni / causal step time: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
+    main_size = "medium" if "medium" in args.sizes else args.sizes[-1]
+    omni = results[main_size, "omni"]
+    return dict(device=str(device), omni_over_causal=ratio[main_size], omni_over_causal_by_size=ratio,
+                ms_per_step={f"{s}_{k}": round(r["ms"], 2) for (s, k), r in results.items()},
+                tokens_per_s=round(omni["tokens_per_s"]), peak_mem_mb=round(omni["peak_mb"], 1),
+                matmul_peak_gflops=round(peak / 1e9, 1), achieved_gflops=round(omni["flops_per_s"] / 1e9, 1),
+                fraction_of_matmul_peak=round(omni["flops_per_s"] / peak, 3), size=main_size)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,7 +250,21 @@ def main(argv=None):
     tok.add_argument("--repeats", type=int, default=7, help="timed calls per case (median reported)")
     tok.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
     tok.add_argument("--device", default="auto")
+    train = sub.add_parser("train", help="Show-o training step: omni-attention vs plain causal, FLOP/s")
+    train.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=list(TRAIN_SIZES),
+                       help="model sizes to time (the ratio target is read at medium)")
+    train.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
+    train.add_argument("--rounds", type=int, default=3, help="fresh processes per case; the median one is kept")
+    train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
+    train.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "train":
+        if args.quick:
+            args.sizes, args.repeats, args.rounds = ["small"], 2, 1
+        if args.repeats < 1 or args.rounds < 1:
+            parser.error("--repeats and --rounds must be at least 1")
+        print(json.dumps(bench_train(args)))
+        return
     if args.quick:
         args.batch, args.tokens, args.bits, args.repeats = 32, 512, [10, 14], 3
     if min(args.bits) < 1 or max(args.bits) > 24:
