@@ -53,6 +53,11 @@ class ShowoConfig:
     def space(self):
         return TokenSpace(self.text_vocab_size, self.codebook_size)
 
+    @property
+    def max_len(self):
+        """The longest row: [T2I] [SOT] max_text [EOT] [SOI] image [EOI] (understanding rows are as long)."""
+        return self.max_text + self.image_tokens + 5
+
 
 # -----------------------------------------------------------------------------
 # Positions: rotary embeddings (RoFormer, arXiv 2104.09864)

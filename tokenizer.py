@@ -22,6 +22,7 @@ Try it:  python tokenizer.py --text "a red circle to the left of a blue square"
 """
 import argparse
 import base64
+import numbers
 import pickle
 import re
 import warnings
@@ -551,8 +552,8 @@ class TokenSpace:
     def image_span(self, codes):
         """[SOI] image [EOI]. codes: an int array (h, w) or (N,) of image codes, or an int N for N
         [MASK] slots (the canvas text-to-image sampling starts from)."""
-        if isinstance(codes, int):
-            body = [self.mask] * codes
+        if isinstance(codes, numbers.Integral):
+            body = [self.mask] * int(codes)
         else:
             body = self.image_ids(codes).flatten().tolist()
         return [self.soi, *body, self.eoi]
@@ -571,15 +572,25 @@ class TokenSpace:
         if answer_ids is None:
             text = self.text_span(prompt_ids, max_text, warn, close=False)
             return Row(head + text, [False] * (len(head) + len(text)), "mmu")
-        text = self.text_span(prompt_ids + list(answer_ids), max_text, warn)
+        full = prompt_ids + list(answer_ids)
+        text = self.text_span(full, max_text, warn)    # a cut falls on the answer's tail first
         n_prompt = 1 + len(prompt_ids)  # [SOT] and the prompt are given, not predicted
         targets = [False] * len(head) + [i >= n_prompt for i in range(len(text))]
+        targets[-1] = targets[-1] and not self.is_cut(full, max_text)
         return Row(head + text, targets, "mmu")
 
     def lm(self, text_ids, max_text=None, warn=False, close=True):
         """Language modelling: [SOT] text [EOT]; every text id and the [EOT] are targets."""
         text = self.text_span(text_ids, max_text, warn, close)
-        return Row(text, [False] + [True] * (len(text) - 1), "lm")
+        targets = [False] + [True] * (len(text) - 1)
+        targets[-1] = targets[-1] and not (close and self.is_cut(text_ids, max_text))
+        return Row(text, targets, "lm")
+
+    @staticmethod
+    def is_cut(text_ids, max_text):
+        """Was this text cut? Then its re-appended [EOT] is no target: the text did not end there,
+        and a model taught that it did would learn to stop mid-sentence."""
+        return max_text is not None and len(text_ids) > max_text
 
     def interleaved(self, segments, max_text=None, warn=False):
         """Mixed modality: [T2I] then, for each segment in order, [SOT] text [EOT] for a list of text
@@ -591,7 +602,7 @@ class TokenSpace:
             if isinstance(seg, (list, tuple)):
                 span = self.text_span(seg, max_text, warn)
                 ids += span
-                targets += [False] + [seen_image] * (len(span) - 1)
+                targets += [False] + [seen_image] * (len(span) - 2) + [seen_image and not self.is_cut(seg, max_text)]
             else:
                 span = self.image_span(seg)
                 ids += span

@@ -5,6 +5,8 @@ Training programs.
     python train.py tokenizer --dataset shapes --out out/shapes
     python train.py tokenizer --dataset cifar10 --data-dir ../shared/data --out out/cifar10
     python train.py tokenizer --help     # every knob, with its preset value per dataset
+    python train.py showo --dataset shapes --stage 1                 # Show-o on the tokenized data
+    python train.py showo --stage 2 --init out/shapes/stage1/showo.pt
 
 `tokenizer` trains (1) a small byte-level BPE text vocabulary on the dataset's captions (seconds)
 and (2) the LFQ image tokenizer of tokenizer.py (MAGVIT-v2, arXiv 2310.05737): reconstruction MSE +
@@ -13,6 +15,14 @@ it measures PSNR and codebook use on held-out images, writes a reconstruction gr
 (`recon.png`: originals above, reconstructions below) and a checkpoint. Checkpoints are written
 atomically (temporary file, then rename), so a crash never leaves a half-written file, and
 `--resume` continues from the last one with the same step, optimizer state and data order.
+
+`showo` trains the Show-o transformer of model.py for one of the paper's three stages (section
+3.4) on images tokenized once by the image tokenizer (cached), with mixed batches of
+text-to-image, captioning, question-answering and text-only rows and the joint loss
+L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM. Every step's data, condition dropout and masks are a pure
+function of (seed, step), so `--resume` after any crash, even kill -9 between two checkpoints,
+continues with exactly the losses the uninterrupted run would have had (on CPU; CUDA kernels such
+as SDPA's backward are not bit-deterministic). log.jsonl holds every step's per-task losses.
 """
 import argparse
 import hashlib
@@ -359,8 +369,9 @@ SHOWO_STAGES = {
 }
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000), "cifar10": dict(max_steps=2000), "coco": dict(max_steps=1000),
                  "folder": dict(max_steps=1000)}
-SHOWO_RESUME_MUST_MATCH = ("dataset", "limit", "stage", "batch_size", "seed", "lr", "warmup_steps", "min_lr_frac",
-                           "max_steps", "t2i_frac", "caption_frac", "vqa_frac", "lm_frac", "cond_dropout")
+SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
+                           "warmup_steps", "min_lr_frac", "max_steps", "grad_clip", "t2i_frac", "caption_frac",
+                           "vqa_frac", "lm_frac", "cond_dropout", "w_t2i", "w_mmu", "w_lm", "max_text")
 CIFAR_QUESTION = "what is this?"
 COCO_QUESTION = "describe the image."
 
@@ -374,17 +385,22 @@ def file_digest(path):
     return h.hexdigest()[:16]
 
 
-def image_codes(ds, tokenizer_path, device, limit_note=""):
-    """Tokenize every image of ds once and cache the codes next to the tokenizer, keyed by the
-    tokenizer's digest and the dataset, so training steps never run the image encoder.
+def image_codes(ds, tokenizer_path, device):
+    """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
+    never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
+    the images themselves: other data (another folder, another --limit or seed) gets another file.
     -> (N, h*w) int64 codes."""
-    digest = file_digest(tokenizer_path)
-    key = f"{ds.name}-{ds.split}-{len(ds)}-{ds.images.shape[1]}px-{ds.info.get('seed', 0)}-{digest}"
+    images_digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
+    key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
     cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
     if os.path.exists(cache):
-        codes = torch.load(cache, weights_only=True)
-        if len(codes) == len(ds):
-            return codes.long()
+        try:
+            codes = torch.load(cache, weights_only=True)
+            if isinstance(codes, torch.Tensor) and codes.shape[0] == len(ds):
+                return codes.long()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+            pass
+        print(f"cache {cache} is damaged; tokenizing again")
     model, _ = load_image_tokenizer(tokenizer_path)
     model.to(device)
     codes = []
@@ -408,8 +424,9 @@ class TaskRows:
       coco       one of the captions           one of the captions       "describe the image." -> caption
     """
 
-    def __init__(self, ds, codes, text_tokenizer, space, max_text, stage):
-        self.ds, self.codes, self.tok, self.space, self.max_text, self.stage = ds, codes, text_tokenizer, space, max_text, stage
+    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage):
+        self.ds, self.codes, self.tok, self.stage = ds, codes, text_tokenizer, stage
+        self.space, self.max_text, self.max_len = model_cfg.space, model_cfg.max_text, model_cfg.max_len
 
     def prompt(self, i, rng):
         if self.ds.name == "cifar10" and self.stage == 1:
@@ -456,26 +473,40 @@ def task_counts(cfg, batch_size):
     return counts
 
 
-def showo_batch(rows_of, step, cfg, batch_size=None, seed_offset=0):
-    """The batch of training step `step`: a pure function of (seed, step), like batch_indices, so a
-    resumed run sees the same rows, the same condition dropout and the same masks.
+def seeded(*parts):
+    """(random.Random, torch.Generator) seeded from the parts, e.g. (seed, "train", step): every
+    step's randomness is a pure function of its name, whatever ran before it."""
+    name = "/".join(map(str, parts))
+    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+    return random.Random(name), torch.Generator().manual_seed(number)
+
+
+def build_batch(rows_of, items, cfg, rng, gen):
+    """Dataset items -> one padded batch with its rows split over the tasks by the configured
+    fractions, prompts dropped for guidance, and images masked for MTP.
     -> (input ids (B, L), labels (B, L), task (B,))."""
-    batch_size = batch_size or cfg.batch_size
-    seed = cfg.seed * 1_000_003 + seed_offset
-    rng = random.Random(seed * 7_919 + step)                       # text choices, condition dropout
-    gen = torch.Generator().manual_seed(seed * 104_729 + step)     # image masking
-    items = batch_indices(step, len(rows_of.codes), batch_size, seed).tolist()
     rows = []
     for task, n in task_counts(cfg, len(items)).items():
         rows += [rows_of.row(task, i, rng, cfg.cond_dropout) for i in items[len(rows):len(rows) + n]]
     space = rows_of.space
-    ids, text_targets, task = space.pad_rows(rows)
+    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length.
+    length = rows_of.max_len if cfg.flex_attention else None
+    ids, text_targets, task = space.pad_rows(rows, length)
     inputs, masked = mask_image_tokens(ids, task, space, gen)
     return inputs, training_labels(ids, text_targets, masked, space), task
 
 
-def check_vocabulary(ckpt, path, text_vocab_size, codebook_size, tokenizer_digest):
-    """A checkpoint is only usable with the tokenizers it was trained with."""
+def showo_batch(rows_of, step, cfg):
+    """The batch of training step `step`: a pure function of (seed, step), like batch_indices, so a
+    resumed run sees the same rows, the same condition dropout and the same masks."""
+    rng, gen = seeded(cfg.seed, "train", step)
+    items = batch_indices(step, len(rows_of.codes), cfg.batch_size, cfg.seed).tolist()
+    return build_batch(rows_of, items, cfg, rng, gen)
+
+
+def check_vocabulary(ckpt, path, text_vocab_size, codebook_size, tokenizer_digest, text_digest):
+    """A checkpoint is only usable with the tokenizers it was trained with: the same sizes are not
+    enough, the ids must mean the same things."""
     cfg = ckpt["config"]
     if cfg["text_vocab_size"] != text_vocab_size or cfg["codebook_size"] != codebook_size:
         raise ValueError(f"{path} was trained with {cfg['text_vocab_size']} text ids and {cfg['codebook_size']} "
@@ -483,6 +514,9 @@ def check_vocabulary(ckpt, path, text_vocab_size, codebook_size, tokenizer_diges
     if ckpt.get("tokenizer_digest") != tokenizer_digest:
         raise ValueError(f"{path} was trained with a different image tokenizer ({ckpt.get('tokenizer')}, digest "
                          f"{ckpt.get('tokenizer_digest')}) than {tokenizer_digest}: its image codes mean other things")
+    if ckpt.get("text_tokenizer_digest") != text_digest:
+        raise ValueError(f"{path} was trained with a different text tokenizer ({ckpt.get('text_tokenizer')}): "
+                         "its text ids mean other things")
 
 
 @torch.no_grad()
@@ -490,21 +524,30 @@ def held_out_losses(model, rows_of, cfg, device, n_rows):
     """Per-task losses on fixed held-out rows (same rows and masks at every evaluation)."""
     model.eval()
     totals, counts = {}, {}
+    n_rows = min(n_rows, len(rows_of.codes))
     for start in range(0, n_rows, cfg.batch_size):
-        ids, labels, task = showo_batch(rows_of, start // cfg.batch_size, cfg, min(cfg.batch_size, n_rows - start),
-                                        seed_offset=1)
+        items = list(range(start, min(start + cfg.batch_size, n_rows)))  # each held-out item once
+        rng, gen = seeded(cfg.seed, "eval", start)
+        ids, labels, task = build_batch(rows_of, items, cfg, rng, gen)
         with autocast(device):
             _, losses = model(ids.to(device), labels.to(device), task.to(device))
-        for name, value in losses.items():
-            totals[name] = totals.get(name, 0.0) + value.item()
-            counts[name] = counts.get(name, 0) + 1
+        for name, value in losses.items():  # batches weighted by their number of rows
+            totals[name] = totals.get(name, 0.0) + value.item() * len(items)
+            counts[name] = counts.get(name, 0) + len(items)
     model.train()
     return {name: round(totals[name] / counts[name], 4) for name in totals}
 
 
+def logged_step(line):
+    """The step of one log line; a line cut short by a crash counts as not logged."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def train_showo(cfg):
     device = autodetect_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, "showo.pt")
     log_path = os.path.join(cfg.out, "log.jsonl")
@@ -519,7 +562,7 @@ def train_showo(cfg):
     text_tok = TextTokenizer.from_file(text_path)
     if image_tok.cfg.image_size != cfg.image_size:
         raise ValueError(f"the image tokenizer works on {image_tok.cfg.image_size}px images, not --image-size {cfg.image_size}")
-    digest = file_digest(cfg.tokenizer)
+    digest, text_digest = file_digest(cfg.tokenizer), file_digest(text_path)
     model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
                             image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention)
@@ -527,32 +570,37 @@ def train_showo(cfg):
 
     # Data: images become codes once (cached); rows are built per step from codes and text.
     train_ds = data.load(cfg.dataset, "train", cfg.data_dir, cfg.image_size, cfg.limit, cfg.seed)
-    eval_ds = (train_ds if cfg.dataset == "folder" else
-               data.load(cfg.dataset, "val" if cfg.dataset == "coco" else "test", cfg.data_dir, cfg.image_size,
-                         cfg.eval_rows, cfg.seed))
+    if cfg.dataset == "folder":  # a user's folder has no held-out split: say so rather than pretend
+        eval_ds, held_out = train_ds, "training-set losses (a folder has no held-out split)"
+    else:
+        eval_ds = data.load(cfg.dataset, "val" if cfg.dataset == "coco" else "test", cfg.data_dir, cfg.image_size,
+                            cfg.eval_rows, cfg.seed)
+        held_out = f"held-out {eval_ds.split} losses"
     if len(train_ds) < cfg.batch_size:
         sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size})")
     space = model_cfg.space
-    train_rows = TaskRows(train_ds, image_codes(train_ds, cfg.tokenizer, device), text_tok, space, cfg.max_text, cfg.stage)
-    eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, space, cfg.max_text, cfg.stage)
+    train_rows = TaskRows(train_ds, image_codes(train_ds, cfg.tokenizer, device), text_tok, model_cfg, cfg.stage)
+    eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, model_cfg, cfg.stage)
 
+    torch.manual_seed(cfg.seed)  # the model's initial weights, whatever ran before (e.g. a cache miss)
     model, step = Showo(model_cfg), 0
     resume_ckpt = None
     if cfg.resume and os.path.exists(ckpt_path):
         model, resume_ckpt = load_showo(ckpt_path)
-        check_vocabulary(resume_ckpt, ckpt_path, model_cfg.text_vocab_size, model_cfg.codebook_size, digest)
-        changed = [k for k in SHOWO_RESUME_MUST_MATCH if resume_ckpt["train_config"][k] != getattr(cfg, k)]
+        check_vocabulary(resume_ckpt, ckpt_path, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
+        changed = [k for k in SHOWO_RESUME_MUST_MATCH if resume_ckpt.get("train_config", {}).get(k) != getattr(cfg, k)]
         if model.cfg != model_cfg or changed:
             sys.exit(f"error: cannot resume {ckpt_path} with different "
                      f"{', '.join('--' + k.replace('_', '-') for k in changed) or 'model options'}")
         step = resume_ckpt["step"]
     elif cfg.init:
         init_model, init_ckpt = load_showo(cfg.init)
-        check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest)
+        check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
             sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-* options")
         model = init_model
-        print(f"initialised from {cfg.init} (stage {init_ckpt['train_config']['stage']}, step {init_ckpt['step']})")
+        print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
+              f"step {init_ckpt.get('step')})")
     model.to(device).train()
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     if resume_ckpt is not None:
@@ -562,7 +610,7 @@ def train_showo(cfg):
     # was killed before its next checkpoint) are dropped and will be redone identically.
     old_log = open(log_path).read().splitlines() if (resume_ckpt is not None and os.path.exists(log_path)) else []
     with open(log_path + ".tmp", "w") as f:
-        f.writelines(line + "\n" for line in old_log if json.loads(line)["step"] <= step)
+        f.writelines(line + "\n" for line in old_log if logged_step(line) <= step)
     os.replace(log_path + ".tmp", log_path)
     counts = task_counts(cfg, cfg.batch_size)
     print(f"Show-o stage {cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, vocabulary {space.vocab_size} "
@@ -583,6 +631,8 @@ def train_showo(cfg):
         ids, labels, task = (t.to(device) for t in showo_batch(train_rows, step, cfg))
         with autocast(device):
             _, losses = train_model(ids, labels, task)
+        if not losses:  # possible only when every row's text was cut before its answer
+            sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
         loss = joint_loss(losses, weights)
         if not torch.isfinite(loss):
             sys.exit(f"error: loss became {loss.item()} at step {step}; stopping. The last good checkpoint "
@@ -595,15 +645,19 @@ def train_showo(cfg):
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "t2i", "mmu", "lm")})
 
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+        checkpoint_now = done % cfg.eval_every == 0 or done == cfg.max_steps
+        if checkpoint_now:
             record["eval"] = held_out_losses(model, eval_rows, cfg, device, cfg.eval_rows)
             record["minutes"] = round((time.time() - t0) / 60, 2)
-            tqdm.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
-            atomic_save(showo_checkpoint(model, optimizer=optimizer.state_dict(), step=done, train_config=asdict(cfg),
-                                         tokenizer=os.path.abspath(cfg.tokenizer), tokenizer_digest=digest,
-                                         text_tokenizer=text_path), ckpt_path)
+            tqdm.write(f"step {done}: {held_out} " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
+        # The log line goes first: a crash between it and the checkpoint leaves a line that resume
+        # drops and redoes, never a checkpointed step without its line.
         log.write(json.dumps(record) + "\n")
         log.flush()
+        if checkpoint_now:
+            atomic_save(showo_checkpoint(model, optimizer=optimizer.state_dict(), step=done, train_config=asdict(cfg),
+                                         tokenizer=os.path.abspath(cfg.tokenizer), tokenizer_digest=digest,
+                                         text_tokenizer=text_path, text_tokenizer_digest=text_digest), ckpt_path)
     log.close()
     print(f"done: {ckpt_path} ({(time.time() - t0) / 60:.1f} min), per-step losses in {log_path}")
     return ckpt_path
@@ -646,7 +700,7 @@ def config_from_args(args, config_cls, presets):
 def main_showo(args, parser):
     if args.dataset is not None and args.dataset not in data.DATASETS:
         parser.error(f"--dataset must be one of {', '.join(data.DATASETS)}")
-    stage = args.stage or ShowoTrainConfig.stage
+    stage = ShowoTrainConfig.stage if args.stage is None else args.stage
     if stage not in SHOWO_STAGES:
         parser.error(f"--stage must be 1, 2 or 3, not {stage}")
     dataset = args.dataset or ShowoTrainConfig.dataset
@@ -656,8 +710,8 @@ def main_showo(args, parser):
     cfg = config_from_args(args, ShowoTrainConfig, presets)
     if cfg.tokenizer is None:
         cfg.tokenizer = os.path.join(os.path.dirname(os.path.normpath(cfg.out)), "tokenizer.pt")
-    for name in ("max_steps", "batch_size", "eval_every", "eval_rows", "n_layer", "n_head", "n_embd", "max_text"):
-        if getattr(cfg, name) < 1:
+    for name in ("max_steps", "batch_size", "eval_every", "eval_rows", "n_layer", "n_head", "n_embd", "max_text", "limit"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     fracs = (cfg.t2i_frac, cfg.caption_frac, cfg.vqa_frac, cfg.lm_frac)
     if min(fracs) < 0 or sum(fracs) <= 0:

@@ -228,7 +228,6 @@ def test_over_long_text_is_cut_and_eot_re_appended_with_a_warning_for_user_text(
     assert SPACE_.describe(row.ids) == "[T2I] [SOT] t t t [EOT] [SOI] m m m m [EOI]"
     row = SPACE_.mmu(torch.arange(2), [1, 2], [3, 4, 5], max_text=4)   # training data: cut silently
     assert row.ids[-1] == SPACE_.eot and row.ids[-5:-1] == [1, 2, 3, 4]
-    assert row.text_targets[-3:] == [True, True, True]                # the kept answer ids and [EOT]
 
 
 def test_rows_built_from_user_text_hold_no_special_ids():
@@ -236,3 +235,12 @@ def test_rows_built_from_user_text_hold_no_special_ids():
     row = SPACE_.t2i(tok.encode("[T2I] <|t2i|> [EOT] [MASK]"), 4)
     text = row.ids[2:row.ids.index(SPACE_.eot)]
     assert all(i < tok.vocab_size for i in text)  # the text stays text ids, below every special id
+
+
+def test_a_cut_text_does_not_teach_the_model_to_stop_there():
+    row = SPACE_.mmu(torch.arange(2), [1, 2], [3, 4, 5], max_text=4)  # the answer's tail is cut
+    assert SPACE_.describe(row.ids).endswith("[SOT] t t t t [EOT]")
+    assert row.text_targets[-5:] == [False, False, True, True, False]  # 3 and 4 are targets, [EOT] is not
+    full = SPACE_.mmu(torch.arange(2), [1, 2], [3], max_text=4)      # fits: its [EOT] is a target
+    assert full.text_targets[-2:] == [True, True]
+    assert SPACE_.lm([1, 2, 3, 4, 5], max_text=3).text_targets == [False, True, True, True, False]

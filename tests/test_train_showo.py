@@ -64,12 +64,55 @@ def test_cached_codes_are_reused_without_running_the_image_encoder(tokenizer, tm
 
 def test_stages_chain_through_init(tokenizer, tmp_path):
     showo(tokenizer, tmp_path / "s1", "--max-steps", "2", "--eval-every", "2")
+    # --lr 0: the stage-3 weights stay what --init loaded, so they must equal stage 1's
     showo(tokenizer, tmp_path / "s3", "--stage", "3", "--init", str(tmp_path / "s1" / "showo.pt"),
-          "--max-steps", "2", "--eval-every", "2")
+          "--max-steps", "2", "--eval-every", "2", "--lr", "0")
     log = read_log(tmp_path / "s3")
     assert "mmu" in log[0] and "lm" not in log[0]  # stage 3: QA + captions + generation, no LM rows
-    _, ckpt = load_showo(tmp_path / "s3" / "showo.pt")
+    s1, _ = load_showo(tmp_path / "s1" / "showo.pt")
+    s3, ckpt = load_showo(tmp_path / "s3" / "showo.pt")
     assert ckpt["train_config"]["vqa_frac"] > 0 and ckpt["step"] == 2
+    for (name, a), b in zip(s1.state_dict().items(), s3.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_initial_weights_do_not_depend_on_the_code_cache(tokenizer, tmp_path):
+    import shutil
+    cold = tmp_path / "cold_tok"  # the same tokenizer without its cache: the first run encodes images
+    cold.mkdir()
+    for name in ("tokenizer.pt", "text.tiktoken"):
+        shutil.copy(tokenizer.parent / name, cold / name)
+    for out, tok in (("a", cold / "tokenizer.pt"), ("b", cold / "tokenizer.pt")):  # cache miss, then hit
+        showo(tok, tmp_path / out, "--max-steps", "1", "--eval-every", "1", "--lr", "0")
+    a, _ = load_showo(tmp_path / "a" / "showo.pt")
+    b, _ = load_showo(tmp_path / "b" / "showo.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_other_images_of_the_same_size_get_their_own_codes(tokenizer):
+    import data
+    ds = data.load("shapes", "train", image_size=16, limit=64)
+    other = data.load("shapes", "train", image_size=16, limit=64, seed=5)  # same name, split and size
+    a = train.image_codes(ds, tokenizer, torch.device("cpu"))
+    b = train.image_codes(other, tokenizer, torch.device("cpu"))
+    assert not torch.equal(a, b)
+
+
+def test_held_out_losses_see_each_item_once(tokenizer, monkeypatch):
+    import data
+    from model import Showo, ShowoConfig
+    from tokenizer import TextTokenizer
+    ds = data.load("shapes", "test", image_size=16, limit=40)
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=1,
+                            n_embd=32, n_head=2)
+    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=1)
+    seen, real = [], train.build_batch
+    monkeypatch.setattr(train, "build_batch", lambda r, items, *a: seen.extend(items) or real(r, items, *a))
+    cfg = train.ShowoTrainConfig(batch_size=16)
+    losses = train.held_out_losses(Showo(model_cfg), rows, cfg, torch.device("cpu"), n_rows=40)
+    assert sorted(seen) == list(range(40)) and set(losses) == {"t2i", "mmu", "lm"}
 
 
 def test_checkpoint_from_another_tokenizer_is_refused(tokenizer, tmp_path):
@@ -132,8 +175,9 @@ def test_condition_dropout_rate(tokenizer):
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     cfg = train.ShowoTrainConfig(batch_size=64, t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0, cond_dropout=0.1)
     from model import ShowoConfig
-    space = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32).space
-    rows = train.TaskRows(ds, codes, text, space, 40, stage=2)
+    model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
+    space = model_cfg.space
+    rows = train.TaskRows(ds, codes, text, model_cfg, stage=2)
     empty = total = 0
     for step in range(40):
         ids, _, _ = train.showo_batch(rows, step, cfg)
