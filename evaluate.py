@@ -3,6 +3,7 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
 
     python evaluate.py tokenizer --ckpt out/shapes/tokenizer.pt --dataset shapes
     python evaluate.py tokenizer --ckpt out/cifar10/tokenizer.pt --dataset cifar10 --data-dir ../shared/data
+    python evaluate.py showo --ckpt out/shapes/stage3 --dataset shapes
 
 `tokenizer` encodes and decodes every image of the evaluation split and reports:
 - psnr: mean per-image PSNR (dB) between the uint8 originals and the uint8 reconstructions;
@@ -11,13 +12,29 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
 - perplexity: exp of the entropy of the split's code histogram (2^K would be perfectly uniform use);
 - shapes only, scorer_agreement: fraction of reconstructions in which the world's scorer
   (data/shapes.py, plain image analysis) finds exactly the ground-truth scene.
+
+`showo` evaluates a Show-o checkpoint (with the tokenizers it was trained with):
+- shapes: a GenEval-style table. For each of GenEval's six categories (single object, two objects,
+  counting, colours, position, colour attribution) a fixed, seeded list of prompts from the world's
+  grammar (data.shapes.prompts_for_category) is drawn by MaskGIT and each image is judged by the
+  world's scorer; overall = the mean of the six. VQA accuracy (exact answer) per question type on
+  held-out images (vqa = the mean over colour, shape, count and position questions), POPE-style
+  yes/no existence accuracy (balanced yes/no, with the share of "yes" answers), and caption
+  exact-match: the greedy caption of a held-out image is parsed by the world's grammar and must
+  name exactly the image's objects with shape, colour, size and cell (on images of 1-2 objects,
+  the scenes the grammar's full descriptions cover).
+- cifar10: zero-shot classification by asking "what is this?" of every test image (accuracy of
+  the answer against the class name) and a class-conditional sample grid.
+- coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
 """
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import data
@@ -51,6 +68,149 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
     return result
 
 
+GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def batched(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def draw(pipe, prompts, cfg, generator):
+    """Text prompts -> uint8 images (N, H, W, 3), in batches."""
+    from model import generate_images
+    images = []
+    for chunk in batched(prompts, cfg["batch"]):
+        codes, _ = generate_images(pipe.model, [pipe.encode_text(p) for p in chunk], steps=cfg["steps"],
+                                   guidance=cfg["guidance"], generator=generator)
+        images.append(pipe.decode_codes(codes))
+    return np.concatenate(images)
+
+
+def answer(pipe, codes, questions, batch, max_new_tokens=24):
+    """Greedy answers (or captions, for empty questions) to one question per image -> strings."""
+    from model import generate_text
+    answers = []
+    for idx in batched(list(range(len(questions))), batch):
+        rows = [pipe.space.mmu(codes[i], pipe.encode_text(questions[i]) if questions[i] else [],
+                               max_text=pipe.model.cfg.max_text) for i in idx]
+        answers += [pipe.text.decode(o).strip() for o in generate_text(pipe.model, rows, max_new_tokens)]
+    return answers
+
+
+def caption_scene(text):
+    """A caption of the shapes grammar -> the key of the scene it fully describes, or None when it
+    does not pin every object down (shape, colour, size and cell) or does not parse."""
+    from data.shapes import parse_caption
+    try:
+        prompt = parse_caption(text)
+    except ValueError:
+        return None
+    if prompt.relation is not None or any(None in (p.shape, p.colour, p.size, p.row, p.col) or p.count is not None
+                                          for p in prompt.phrases):
+        return None
+    return tuple(sorted((p.shape, p.colour, p.size, p.row, p.col) for p in prompt.phrases))
+
+
+def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
+    from data.shapes import prompts_for_category, score
+    result, examples = {"geneval": {}}, []
+    for category in GENEVAL_CATEGORIES:
+        prompts = prompts_for_category(category, cfg["prompts"], seed=0)
+        images = draw(pipe, prompts, cfg, generator)
+        passed = [score(img, p) for img, p in zip(images, prompts)]
+        result["geneval"][category] = round(sum(passed) / len(passed), 4)
+        examples += [(img, ("ok: " if ok else "no: ") + p) for img, p, ok in list(zip(images, prompts, passed))[:4]]
+        print(f"geneval {category:>14}: {result['geneval'][category]:.3f} ({len(prompts)} prompts)")
+    result["geneval"]["overall"] = round(sum(result["geneval"].values()) / len(GENEVAL_CATEGORIES), 4)
+    print(f"geneval {'overall':>14}: {result['geneval']['overall']:.3f}")
+    if out_dir:
+        from sample import labelled_grid
+        labelled_grid(np.stack([e[0] for e in examples]), [e[1] for e in examples], per_row=8).save(
+            os.path.join(out_dir, "samples.png"))
+
+    codes = pipe.encode_images(ds.images)
+    pairs = [(i, q, a, t) for i, qa in enumerate(ds.qa) for q, a, t in qa]
+    answers = answer(pipe, codes[[i for i, _, _, _ in pairs]], [q for _, q, _, _ in pairs], cfg["batch"], 6)
+    by_type = {}
+    for (_, _, truth, qtype), got in zip(pairs, answers):
+        by_type.setdefault(qtype, []).append(got == truth)
+    result["vqa_by_type"] = {t: round(sum(v) / len(v), 4) for t, v in sorted(by_type.items())}
+    vqa_types = [t for t in by_type if t != "exist"]
+    result["vqa"] = round(sum(result["vqa_by_type"][t] for t in vqa_types) / len(vqa_types), 4)
+    exist = [(truth, got) for (_, _, truth, qtype), got in zip(pairs, answers) if qtype == "exist"]
+    result["pope"] = round(sum(t == g for t, g in exist) / len(exist), 4)
+    result["pope_yes_ratio"] = round(sum(g == "yes" for _, g in exist) / len(exist), 4)
+    print(f"vqa {result['vqa']:.3f} by type {result['vqa_by_type']}; pope {result['pope']:.3f} "
+          f"(answered yes {result['pope_yes_ratio']:.2f}, truth yes 0.50)")
+
+    describable = [i for i, s in enumerate(ds.scenes) if len(s.objects) <= 2]
+    captions = answer(pipe, codes[describable], [""] * len(describable), cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
+    hits = [caption_scene(c) == ds.scenes[i].key() for i, c in zip(describable, captions)]
+    result["caption_exact"] = round(sum(hits) / len(hits), 4)
+    result["caption_images"] = len(hits)
+    for i, c in list(zip(describable, captions))[:3]:
+        print(f"caption: {c!r}  (truth: {ds.captions[i][0]!r})")
+    print(f"caption exact-match {result['caption_exact']:.3f} on {len(hits)} images of 1-2 objects")
+    return result
+
+
+def evaluate_classes(pipe, ds, cfg, generator, out_dir):
+    """CIFAR-10: zero-shot classification by asking, and one sample per class."""
+    from train import CIFAR_QUESTION
+    codes = pipe.encode_images(ds.images)
+    answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
+    truth = [ds.class_names[label] for label in ds.labels]
+    result = {"zero_shot_accuracy": round(sum(a == t for a, t in zip(answers, truth)) / len(ds), 4)}
+    print(f"zero-shot classification by captioning: {result['zero_shot_accuracy']:.3f} on {len(ds)} images")
+    prompts = [f"a photo of a {name}" for name in ds.class_names for _ in range(2)]
+    images = draw(pipe, prompts, cfg, generator)
+    if out_dir:
+        from sample import labelled_grid
+        labelled_grid(images, prompts, per_row=10).save(os.path.join(out_dir, "samples.png"))
+    return result
+
+
+def evaluate_captions(pipe, ds, cfg, generator, out_dir):
+    """COCO / a folder: captions for held-out images, images for held-out captions."""
+    n = min(len(ds), 16)
+    codes = pipe.encode_images(ds.images[:n])
+    captions = answer(pipe, codes, [""] * n, cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
+    for truth, got in zip(ds.captions[:n], captions):
+        print(f"caption: {got!r}  (one truth: {truth[0]!r})")
+    prompts = [caps[0] for caps in ds.captions[:n]]
+    images = draw(pipe, prompts, cfg, generator)
+    if out_dir:
+        from sample import labelled_grid
+        labelled_grid(np.concatenate([ds.images[:n], images]), ["(real) " + p for p in prompts] + prompts,
+                      per_row=8).save(os.path.join(out_dir, "samples.png"))
+    return {"captions": [dict(generated=g, truth=t[0]) for g, t in zip(captions, ds.captions[:n])]}
+
+
+def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=50,
+                   steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
+    from sample import Pipeline
+    pipe = Pipeline(ckpt, device)
+    pipe.model.eval()
+    split = split or ("val" if dataset == "coco" else "test")
+    ds = data.load(dataset, split, data_dir, pipe.image_size, limit)
+    generator = torch.Generator().manual_seed(seed)
+    cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    if dataset == "shapes":
+        result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
+    elif dataset == "cifar10":
+        result = evaluate_classes(pipe, ds, cfg, generator, out_dir)
+    else:
+        result = evaluate_captions(pipe, ds, cfg, generator, out_dir)
+    result.update(dataset=dataset, split=ds.split, images=len(ds), steps=steps, guidance=guidance,
+                  trained_steps=pipe.ckpt.get("step"), stage=pipe.ckpt.get("train_config", {}).get("stage"),
+                  seconds=round(time.time() - t0, 1))
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,13 +222,37 @@ def main(argv=None):
     tok.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     tok.add_argument("--grid", default=None, help="also write a PNG of originals over reconstructions")
     tok.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sh = sub.add_parser("showo", help="GenEval-style table, VQA, POPE and captioning of a Show-o checkpoint")
+    sh.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
+    sh.add_argument("--dataset", default="shapes", choices=data.DATASETS)
+    sh.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
+    sh.add_argument("--split", default=None, help="test (shapes, cifar10) or val (coco) by default")
+    sh.add_argument("--limit", type=int, default=None, help="held-out images for VQA/POPE/captioning/classification")
+    sh.add_argument("--prompts", type=int, default=50, help="shapes: prompts per GenEval category")
+    sh.add_argument("--steps", type=int, default=12, help="MaskGIT steps")
+    sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
+    sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")
+    sh.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sh.add_argument("--out", default=None, help="folder for samples.png")
+    sh.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = parser.parse_args(argv)
     if args.dataset != "shapes" and args.data_dir is None:
         parser.error(f"--data-dir is needed for {args.dataset}")
     try:
-        result = evaluate_tokenizer(args.ckpt, args.dataset, args.data_dir, args.split, args.limit,
-                                    args.device, args.grid)
-    except (FileNotFoundError, ValueError) as e:
+        if args.command == "tokenizer":
+            result = evaluate_tokenizer(args.ckpt, args.dataset, args.data_dir, args.split, args.limit,
+                                        args.device, args.grid)
+        else:
+            for name in ("prompts", "steps", "batch"):
+                if getattr(args, name) < 1:
+                    parser.error(f"--{name} must be at least 1")
+            if args.cfg < 0:
+                parser.error("--cfg must be >= 0")
+            result = evaluate_showo(args.ckpt, args.dataset, args.data_dir, args.split, args.limit, args.device,
+                                    args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out)
+            print(json.dumps(result))
+            return result
+    except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     for key, value in result.items():
         print(f"{key:>18}: {value}")

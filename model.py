@@ -19,7 +19,6 @@ one change Show-o makes to its LLM, which keeps attention logits bounded when im
 of very different statistics share one softmax.
 """
 import math
-import pickle
 from dataclasses import asdict, dataclass
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import attention, image_span_index, omni_attention_mask, omni_block_mask
-from tokenizer import TASKS, TokenSpace
+from tokenizer import TASKS, TokenSpace, read_checkpoint
 
 IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_index)
 
@@ -90,12 +89,14 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, mask, rope):
+    def forward(self, x, mask, rope, cache=None):
         B, L, C = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # each (B, L, H, D)
         q, k = self.q_norm(q), self.k_norm(k)          # QK-Norm: after the projection, before RoPE
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:  # decoding: attend to the keys/values of every earlier token too
+            k, v = cache.extend(self, k, v)            # (B, H, L_past + L, D)
         y = attention(q, k, v, mask)                   # (B, H, L, D)
         return self.proj(y.transpose(1, 2).reshape(B, L, C))
 
@@ -111,9 +112,30 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd))
 
-    def forward(self, x, mask, rope):
-        x = x + self.attn(self.norm1(x), mask, rope)
+    def forward(self, x, mask, rope, cache=None):
+        x = x + self.attn(self.norm1(x), mask, rope, cache)
         return x + self.mlp(self.norm2(x))
+
+
+class KVCache:
+    """The keys and values every layer has computed so far, so text decoding runs each new token
+    through the model once instead of re-running the whole sequence per token (the public Show-o
+    code recomputes everything). `visible` (B, L_past) marks which cached positions are real tokens
+    (padding stays hidden from every later token)."""
+
+    def __init__(self):
+        self.kv, self.visible = {}, None
+
+    @property
+    def length(self):
+        return 0 if self.visible is None else self.visible.shape[1]
+
+    def extend(self, layer, k, v):
+        if layer in self.kv:
+            past_k, past_v = self.kv[layer]
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        self.kv[layer] = (k, v)
+        return k, v
 
 
 class Showo(nn.Module):
@@ -145,15 +167,30 @@ class Showo(nn.Module):
             return omni_block_mask(ids, self.space)
         return omni_attention_mask(ids, self.space)
 
-    def forward(self, ids, labels=None, task=None):
+    def forward(self, ids, labels=None, task=None, cache=None):
         """ids (B, L) -> logits (B, L, V), and with labels (B, L) and task (B,) the dict of per-task
-        losses (see task_losses); otherwise None."""
+        losses (see task_losses); otherwise None.
+
+        With a KVCache, ids continue the sequence the cache holds: an empty cache is filled with the
+        whole prefix (under its omni-attention mask); later calls pass only new TEXT tokens, which
+        see every earlier real token and each other causally, exactly what the omni mask gives text
+        that follows everything already in the sequence."""
         B, L = ids.shape
-        mask = self.attention_mask(ids)
-        rope = rope_tables(torch.arange(L, device=ids.device), self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        past = 0 if cache is None else cache.length
+        if past == 0:
+            mask = self.attention_mask(ids)
+        else:
+            new = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()      # (L, L) causal among the new
+            mask = torch.cat([cache.visible[:, None, None, :].expand(B, 1, L, past),
+                              new.expand(B, 1, L, L)], dim=-1)                        # (B, 1, L, past + L)
+        if cache is not None:
+            visible = ids != self.space.pad
+            cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
+        positions = torch.arange(past, past + L, device=ids.device)
+        rope = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
         x = self.embed(ids)  # (B, L, C)
         for block in self.blocks:
-            x = block(x, mask, rope)
+            x = block(x, mask, rope, cache)
         logits = self.head(self.norm(x))  # (B, L, V)
         if labels is None:
             return logits, None
@@ -243,6 +280,142 @@ def optimizer_groups(model, weight_decay):
 
 
 # -----------------------------------------------------------------------------
+# Sampling (section 3.5; MaskGIT, arXiv 2202.04200)
+
+def masking_schedule(step, steps, n_tokens):
+    """Tokens still masked after step `step` (0-based) of `steps`: floor(N cos(pi/2 (step+1)/T)),
+    the cosine schedule that training's mask ratios were drawn from (0 after the last step)."""
+    return math.floor(n_tokens * math.cos(math.pi / 2 * (step + 1) / steps))
+
+
+def classifier_free_guidance(logits, scale):
+    """logits (2B, ...): B conditional rows, then their B unconditional twins -> (B, ...):
+    (1 + s) cond - s uncond (Show-o, MUSE). s = 0 is the conditional model alone."""
+    cond, uncond = logits.chunk(2)
+    return cond if scale == 0 else (1 + scale) * cond - scale * uncond
+
+
+def gumbel(shape, generator, device):
+    u = torch.rand(shape, generator=generator).clamp(1e-20, 1 - 1e-7).to(device)
+    return -torch.log(-torch.log(u))
+
+
+@torch.no_grad()
+def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False, temperature=4.5,
+                    known=None, generator=None, record=False):
+    """Text-to-image by iterative parallel decoding (MaskGIT), with Show-o's layout.
+
+    prompts: B lists of text ids (an empty list is the unconditional prompt).
+    known:   optional (B, N) int64 image codes to keep (>= 0) and slots to generate (-1): inpainting
+             and extrapolation use the same loop; known codes never change.
+    Each step: run the model on [T2I] [SOT] prompt [EOT] [SOI] canvas [EOI]; keep the logits of the
+    image slots, restricted to the 2^K codes; with guidance s, mix (1 + s) cond - s uncond (both in
+    one batched forward; guidance_ramp raises s linearly from 0 to s over the steps, as MUSE does);
+    sample a code at every slot (known slots keep theirs); confidence = log p of the sampled code,
+    +inf at known slots; keep masked the n lowest of confidence + temperature_t x Gumbel noise,
+    with n from masking_schedule, clamped to [1, unknown - 1] before the last step, and the
+    temperature annealed linearly to 0: temperature_t = temperature x (1 - (step + 1) / steps)
+    (Show-o's code multiplies it again every step, so its annealing compounds; this one does not).
+    Returns codes (B, N) (the last step's samples) and, with record=True, the canvas after every
+    step as a list of (B, N) tensors with -1 at masked slots."""
+    space, n = model.space, model.cfg.image_tokens
+    device = next(model.parameters()).device
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    B = len(prompts)
+    rows = [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts]
+    if guidance > 0:
+        rows += [space.t2i([], n)] * B   # the unconditional twins, after the conditional rows
+    ids, _, _ = space.pad_rows(rows)     # left-padded: every row's image slots are its last n + 1 .. 1
+    ids = ids.to(device)
+    slots = slice(ids.shape[1] - 1 - n, ids.shape[1] - 1)
+    known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
+    if known.shape != (B, n):
+        raise ValueError(f"known codes must be ({B}, {n}), got {tuple(known.shape)}")
+    known = known.to(device)
+    to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
+    history = []
+    codes = known.clamp(min=0)
+    for step in range(steps):
+        canvas = torch.where(known >= 0, known + space.image_offset, torch.full_like(known, space.mask))  # (B, n)
+        ids[:, slots] = canvas.repeat(len(rows) // B, 1)
+        logits, _ = model(ids)
+        logits = logits[:, slots, space.image_offset:space.mask].float()  # (B or 2B, n, C) codes only
+        if guidance > 0:
+            logits = classifier_free_guidance(logits, guidance * (step + 1) / steps if guidance_ramp else guidance)
+        log_probs = logits.log_softmax(-1)
+        sampled = torch.multinomial(log_probs.exp().view(B * n, -1).cpu(), 1, generator=generator).view(B, n)
+        sampled = torch.where(known >= 0, known, sampled.to(device))
+        confidence = log_probs.gather(-1, sampled[..., None])[..., 0]
+        confidence = torch.where(known >= 0, torch.full_like(confidence, math.inf), confidence)
+        codes = sampled
+        unknown = (known < 0).sum(1)                                                      # (B,)
+        if step == steps - 1:
+            keep_masked = torch.zeros_like(unknown)
+        else:
+            target = torch.tensor([masking_schedule(step, steps, int(t)) for t in to_generate], device=device)
+            keep_masked = torch.minimum(target.clamp(min=1), (unknown - 1).clamp(min=0))
+        noise_scale = temperature * (1 - (step + 1) / steps)
+        score = confidence + noise_scale * gumbel(confidence.shape, generator, device)
+        rank = score.argsort(dim=1).argsort(dim=1)                                        # 0 = least confident
+        remask = rank < keep_masked[:, None]
+        known = torch.where(remask, torch.full_like(sampled, -1), sampled)
+        if record:
+            history.append(known.cpu().clone())
+    return codes.cpu(), history
+
+
+def sample_next(logits, temperature=0.0, top_k=None, generator=None):
+    """logits (B, V) -> ids (B,): greedy at temperature 0, else softmax(logits / temperature) over
+    the top_k most likely ids (all ids when top_k is None)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+@torch.no_grad()
+def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=None, generator=None, use_cache=True):
+    """Continue each prefix (a Row ending where text goes on: `space.mmu(codes, prompt)`
+    for captions and answers, `space.lm(prompt, close=False)` for plain text) until [EOT] or
+    max_new_tokens. Prefixes of different lengths share a batch by left padding (hidden by the mask;
+    RoPE only sees relative positions). Only text ids and [EOT] can be produced.
+    With use_cache, each new token goes through the model once (KVCache); without, the whole
+    sequence is recomputed per token: the same tokens, greedy, at several times the cost.
+    Returns B lists of new ids (without the [EOT])."""
+    space = model.space
+    device = next(model.parameters()).device
+    ids, _, _ = space.pad_rows(prefixes, left=True)
+    ids = ids.to(device)
+    B = len(prefixes)
+    allowed = torch.zeros(space.vocab_size, dtype=torch.bool, device=device)
+    allowed[:space.text_vocab_size] = True
+    allowed[space.eot] = True
+    cache = KVCache() if use_cache else None
+    logits, _ = model(ids, cache=cache)
+    out, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1].masked_fill(~allowed, -math.inf), temperature, top_k, generator)
+        nxt = torch.where(done, torch.full_like(nxt, space.pad), nxt)  # finished rows only pad
+        for b in (~done & (nxt != space.eot)).nonzero().flatten().tolist():
+            out[b].append(int(nxt[b]))
+        done |= nxt == space.eot
+        if done.all():
+            break
+        if use_cache:
+            logits, _ = model(nxt[:, None], cache=cache)
+        else:
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            logits, _ = model(ids)
+    return out
+
+
+# -----------------------------------------------------------------------------
 # Checkpoints
 
 def showo_checkpoint(model, **extra):
@@ -252,13 +425,7 @@ def showo_checkpoint(model, **extra):
 
 def load_showo(path, map_location="cpu"):
     """-> (model in eval mode, checkpoint dict). Clear errors for a missing, foreign or damaged file."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no Show-o checkpoint at {path}; train one with `python train.py showo`") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint (it may be damaged, or hold code, which "
-                         f"is never run): {e}") from e
+    ckpt = read_checkpoint(path, map_location, "; train one with `python train.py showo`")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "showo":
         raise ValueError(f"{path} is not a Show-o checkpoint")
     try:

@@ -46,7 +46,7 @@ def square_rgb(img, size):
     # centre crop to a square, then one bicubic resample (antialiased when shrinking); the same
     # result as "resize the shorter side to `size`, then centre-crop", without an extra resample
     img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)  # (size, size, 3)
+    return np.array(img, dtype=np.uint8)  # (size, size, 3), a writable copy
 
 
 def read_image(path, size):

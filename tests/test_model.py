@@ -2,7 +2,6 @@
 MTP and NTP are computed on, the masking schedule, and that a tiny model can learn.
 Run: python -m pytest tests/test_model.py"""
 import math
-import random
 
 import pytest
 import torch

@@ -95,7 +95,7 @@ def test_image_tokenizer_shapes_and_code_range():
     model = ImageTokenizer(TINY).eval()
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     codes = model.encode(images)
-    assert codes.shape == (3, 8, 8) and codes.dtype == torch.int64
+    assert codes.shape == (3, 4, 4) and codes.dtype == torch.int64  # 16 px / 4
     assert 0 <= codes.min() and codes.max() < 2 ** 6
     recon = model.decode(codes)
     assert recon.shape == images.shape and recon.abs().max() <= 1
@@ -110,7 +110,7 @@ def test_encode_and_decode_reject_wrong_inputs_clearly():
     with pytest.raises(ValueError, match="expects float images"):
         model.encode(torch.zeros(2, 3, 32, 32))  # wrong resolution
     with pytest.raises(ValueError, match=r"\[0, 64\)"):
-        model.decode(torch.full((1, 8, 8), 64))  # one past the last code (e.g. a forgotten id offset)
+        model.decode(torch.full((1, 4, 4), 64))  # one past the last code (e.g. a forgotten id offset)
 
 
 def test_a_few_training_steps_lower_the_loss():

@@ -14,22 +14,10 @@ import pytest
 import torch
 
 import train
+from conftest import TINY_SHOWO, TINY_TOKENIZER
 from model import load_showo
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TOKENIZER = ["tokenizer", "--dataset", "shapes", "--limit", "64", "--eval-images", "16", "--image-size", "16",
-                  "--channels", "8,16,16", "--bits", "5", "--batch-size", "16", "--warmup-steps", "1",
-                  "--bpe-vocab", "300", "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]
-TINY_SHOWO = ["--dataset", "shapes", "--limit", "64", "--image-size", "16", "--n-layer", "1", "--n-head", "2",
-              "--n-embd", "32", "--batch-size", "16", "--eval-rows", "16", "--warmup-steps", "2", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    """A 2-step image tokenizer (16px -> 4x4 tokens of 5 bits) and its BPE, shared by these tests."""
-    out = tmp_path_factory.mktemp("tok")
-    train.main(TINY_TOKENIZER + ["--out", str(out)])
-    return out / "tokenizer.pt"
 
 
 def showo(tokenizer, out, *extra):
@@ -48,8 +36,8 @@ def test_training_writes_checkpoint_log_and_token_cache(tokenizer, tmp_path):
     model, ckpt = load_showo(tmp_path / "showo.pt")  # weights_only load
     assert ckpt["step"] == 4 and ckpt["train_config"]["stage"] == 1
     assert model.cfg.codebook_size == 32 and model.cfg.image_tokens == 16
-    caches = list((tokenizer.parent / "cache").glob("codes-shapes-*.pt"))
-    assert len(caches) == 2  # train and test splits, tokenized once
+    cache = tokenizer.parent / "cache"  # both splits tokenized once, beside the tokenizer
+    assert list(cache.glob("codes-shapes-train-64-*.pt")) and list(cache.glob("codes-shapes-test-16-*.pt"))
 
 
 def test_cached_codes_are_reused_without_running_the_image_encoder(tokenizer, tmp_path, monkeypatch):

@@ -1,0 +1,340 @@
+"""
+Sample from a trained Show-o: images from text, captions and answers from images, inpainting,
+extrapolation and plain text (Show-o, arXiv 2408.12528, section 3.5).
+
+    python sample.py --ckpt out/shapes/stage3 --prompt "a red circle above a blue square" -n 4
+    python sample.py --ckpt out/shapes/stage3 --prompt "two green triangles" --show-steps
+    python sample.py --ckpt out/shapes/stage3 --task caption --image some.png
+    python sample.py --ckpt out/shapes/stage3 --task vqa --image some.png --question "what color is the circle?"
+    python sample.py --ckpt out/shapes/stage3 --task inpaint --image some.png --mask 16,0,32,16 --prompt "a red square"
+    python sample.py --ckpt out/shapes/stage3 --task extrapolate --image some.png --direction right --prompt "..."
+    python sample.py --ckpt out/shapes/stage3 --task lm --prompt "a red"
+
+Follow one prompt: the text tokenizer turns it into ids; TokenSpace.t2i lays out
+[T2I] [SOT] prompt [EOT] [SOI] [MASK] x 64 [EOI]; model.generate_images fills the 64 slots in
+--steps MaskGIT steps; the image tokenizer decodes the 8x8 codes to pixels; a labelled PNG grid is
+written to --out. Image outputs go to --out (default out/samples/); text outputs are printed.
+"""
+import argparse
+import os
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from model import generate_images, generate_text, load_showo
+from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, tensor_to_images
+from train import autodetect_device, file_digest
+
+TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm")
+DIRECTIONS = ("left", "right", "up", "down")
+
+
+# -----------------------------------------------------------------------------
+# Loading: the Show-o checkpoint and the two tokenizers it was trained with
+
+class Pipeline:
+    """A Show-o checkpoint with its image and text tokenizers, checked to be the ones it was
+    trained with (by file digest), ready to turn prompts and pixels into ids and back."""
+
+    def __init__(self, ckpt, device="auto"):
+        self.device = autodetect_device(device)
+        path = os.path.join(ckpt, "showo.pt") if os.path.isdir(ckpt) else ckpt
+        self.model, self.ckpt = load_showo(path, map_location="cpu")
+        self.model.to(self.device)
+        self.space = self.model.space
+        here = os.path.dirname(os.path.abspath(path))
+        # the paths recorded at training time, else the usual layout (out/<run>/stage<k>/showo.pt
+        # beside out/<run>/tokenizer.pt), e.g. after the run folder was moved
+        tok_path = self.find(self.ckpt.get("tokenizer"), os.path.join(here, "..", "tokenizer.pt"), "image tokenizer")
+        text_path = self.find(self.ckpt.get("text_tokenizer"), os.path.join(os.path.dirname(tok_path), "text.tiktoken"),
+                              "text tokenizer")
+        if file_digest(tok_path) != self.ckpt.get("tokenizer_digest"):
+            raise ValueError(f"{tok_path} is not the image tokenizer {path} was trained with")
+        if file_digest(text_path) != self.ckpt.get("text_tokenizer_digest"):
+            raise ValueError(f"{text_path} is not the text tokenizer {path} was trained with")
+        self.image_tokenizer, _ = load_image_tokenizer(tok_path)
+        self.image_tokenizer.to(self.device)
+        self.text = TextTokenizer.from_file(text_path)
+        self.grid = self.image_tokenizer.cfg.latent_size          # tokens per side (8 for 32 px)
+        self.image_size = self.image_tokenizer.cfg.image_size
+
+    @staticmethod
+    def find(recorded, fallback, what):
+        for candidate in (recorded, fallback):
+            if candidate and os.path.exists(candidate):
+                return candidate
+        raise FileNotFoundError(f"cannot find the {what} of this checkpoint (looked at {recorded} and "
+                                f"{os.path.normpath(fallback)})")
+
+    def encode_text(self, text):
+        return self.text.encode(text)
+
+    def encode_images(self, images):
+        """uint8 (B, H, W, 3) -> codes (B, N)."""
+        with torch.no_grad():
+            return self.image_tokenizer.encode(images_to_tensor(images).to(self.device)).flatten(1).cpu()
+
+    def decode_codes(self, codes):
+        """codes (B, N), -1 for still-masked slots -> uint8 (B, H, W, 3), masked slots painted grey."""
+        codes = torch.as_tensor(codes)
+        masked = codes < 0
+        grid = codes.clamp(min=0).view(-1, self.grid, self.grid).to(self.device)
+        with torch.no_grad():
+            images = tensor_to_images(self.image_tokenizer.decode(grid))
+        if masked.any():
+            cell = self.image_size // self.grid
+            block = masked.view(-1, self.grid, self.grid).numpy().repeat(cell, 1).repeat(cell, 2)  # (B, H, W)
+            images[block] = 128
+        return images
+
+
+def read_image(path, size):
+    """A user's image file -> (size, size, 3) uint8, with a clear error when it cannot be read."""
+    from data.folder import IMAGE_ERRORS, read_image as decode
+    try:
+        return decode(path, size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}") from None
+    except IMAGE_ERRORS as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+# -----------------------------------------------------------------------------
+# Pictures
+
+def labelled_grid(images, labels, scale=4, per_row=None, label_width=22):
+    """uint8 (N, H, W, 3) images with one caption each -> a PIL grid, captions wrapped under the
+    images (NEAREST upscaling keeps the pixels visible)."""
+    n, h, w, _ = images.shape
+    per_row = per_row or min(n, 8)
+    tile_w, tile_h = w * scale, h * scale
+    lines = [textwrap.wrap(label, label_width) or [""] for label in labels]
+    text_h = 12 * max(len(x) for x in lines) + 4
+    rows = (n + per_row - 1) // per_row
+    sheet = Image.new("RGB", (per_row * (tile_w + 6) + 6, rows * (tile_h + text_h + 6) + 6), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, text) in enumerate(zip(images, lines)):
+        x, y = 6 + (i % per_row) * (tile_w + 6), 6 + (i // per_row) * (tile_h + text_h + 6)
+        sheet.paste(Image.fromarray(img).resize((tile_w, tile_h), Image.NEAREST), (x, y))
+        for j, line in enumerate(text):
+            draw.text((x, y + tile_h + 2 + 12 * j), line, fill="black")
+    return sheet
+
+
+def steps_strip(pipe, history):
+    """The canvas after every MaskGIT step of one sample, left to right: grey = still [MASK]."""
+    frames = pipe.decode_codes(torch.stack([h[0] for h in history]))
+    labels = [f"step {i + 1}: {int((h[0] < 0).sum())} masked" for i, h in enumerate(history)]
+    return labelled_grid(frames, labels, per_row=len(frames), label_width=16)
+
+
+# -----------------------------------------------------------------------------
+# Masks for inpainting and extrapolation, on the token grid
+
+def token_mask(spec, pipe):
+    """--mask as a PNG (white = regenerate) or a pixel box "x0,y0,x1,y1" -> bool (grid, grid),
+    True where tokens are regenerated (a token is regenerated if its pixel cell touches the mask)."""
+    size, grid = pipe.image_size, pipe.grid
+    pixels = np.zeros((size, size), bool)
+    if os.path.exists(spec):
+        pixels = read_image(spec, size).mean(-1) > 127
+    else:
+        try:
+            x0, y0, x1, y1 = (int(v) for v in spec.split(","))
+        except ValueError:
+            raise ValueError(f"--mask must be a PNG file or a box x0,y0,x1,y1 in pixels, got {spec!r}") from None
+        if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+            raise ValueError(f"--mask box {spec} must lie inside the {size}x{size} image with x0 < x1, y0 < y1")
+        pixels[y0:y1, x0:x1] = True
+    cell = size // grid
+    return torch.from_numpy(pixels.reshape(grid, cell, grid, cell).any(axis=(1, 3)))
+
+
+def extrapolation_canvas(codes, direction, grid, shift):
+    """Slide the token grid by `shift` tokens away from `direction`, and mark the uncovered band
+    for generation: (N,) codes -> (N,) codes with -1 on the new band. Repeating it extends the
+    picture further (the model only ever sees a grid x grid window)."""
+    g = codes.view(grid, grid).clone()
+    new = torch.full_like(g, -1)
+    if direction == "right":    # keep the right part, moved left; new columns on the right
+        new[:, :grid - shift] = g[:, shift:]
+    elif direction == "left":
+        new[:, shift:] = g[:, :grid - shift]
+    elif direction == "down":   # keep the lower part, moved up; new rows at the bottom
+        new[:grid - shift, :] = g[shift:, :]
+    else:
+        new[shift:, :] = g[:grid - shift, :]
+    return new.flatten()
+
+
+def stitch(panorama, frame, direction, grid_px, shift_px):
+    """Append the newly generated band of `frame` to the running panorama (uint8 H x W x 3)."""
+    if direction == "right":
+        return np.concatenate([panorama, frame[:, grid_px - shift_px:]], axis=1)
+    if direction == "left":
+        return np.concatenate([frame[:, :shift_px], panorama], axis=1)
+    if direction == "down":
+        return np.concatenate([panorama, frame[grid_px - shift_px:]], axis=0)
+    return np.concatenate([frame[:shift_px], panorama], axis=0)
+
+
+# -----------------------------------------------------------------------------
+# Tasks
+
+def image_options(args):
+    return dict(steps=args.steps, guidance=args.cfg, guidance_ramp=args.cfg_ramp, temperature=args.remask_temperature)
+
+
+def run_t2i(pipe, args, generator):
+    prompts = [p for p in args.prompt for _ in range(args.n)]
+    codes, history = generate_images(pipe.model, [pipe.encode_text(p) for p in prompts], generator=generator,
+                                     record=args.show_steps, **image_options(args))
+    images = pipe.decode_codes(codes)
+    path = os.path.join(args.out, "t2i.png")
+    labelled_grid(images, [p or "(unconditional)" for p in prompts]).save(path)
+    print(f"wrote {path}")
+    if args.show_steps:
+        steps_strip(pipe, history).save(os.path.join(args.out, "steps.png"))
+        print(f"wrote {os.path.join(args.out, 'steps.png')} (the decoding of the first sample)")
+    return images
+
+
+def run_understanding(pipe, args, generator, question):
+    images = np.stack([read_image(p, pipe.image_size) for p in args.image])
+    codes = pipe.encode_images(images)
+    prompt = pipe.encode_text(question) if question else []
+    prefixes = [pipe.space.mmu(c, prompt, max_text=pipe.model.cfg.max_text, warn=True) for c in codes]
+    outputs = generate_text(pipe.model, prefixes, args.max_new_tokens, args.temperature, args.top_k, generator)
+    texts = [pipe.text.decode(o).strip() for o in outputs]
+    for path, text in zip(args.image, texts):
+        print(f"{path}: {text}")
+    return texts
+
+
+def run_inpaint(pipe, args, generator):
+    image = read_image(args.image[0], pipe.image_size)
+    codes = pipe.encode_images(image[None])[0]                       # (N,)
+    regenerate = token_mask(args.mask, pipe).flatten()
+    known = torch.where(regenerate, torch.full_like(codes, -1), codes).repeat(args.n, 1)
+    prompt = pipe.encode_text(args.prompt[0])
+    out, _ = generate_images(pipe.model, [prompt] * args.n, known=known, generator=generator, **image_options(args))
+    masked_view = pipe.decode_codes(known[:1])
+    images = np.concatenate([image[None], masked_view, pipe.decode_codes(out)])
+    labels = ["original", "to regenerate (grey)"] + [args.prompt[0] or "(unconditional)"] * args.n
+    path = os.path.join(args.out, "inpaint.png")
+    labelled_grid(images, labels).save(path)
+    print(f"wrote {path}")
+    return out
+
+
+def run_extrapolate(pipe, args, generator):
+    image = read_image(args.image[0], pipe.image_size)
+    codes = pipe.encode_images(image[None])[0]
+    grid, cell = pipe.grid, pipe.image_size // pipe.grid
+    shift = args.shift or grid // 2
+    if not 1 <= shift < grid:
+        raise ValueError(f"--shift must be between 1 and {grid - 1} tokens")
+    prompt = pipe.encode_text(args.prompt[0])
+    panorama = pipe.decode_codes(codes[None])[0]
+    for _ in range(args.times):  # chainable: each window starts from the last generated one
+        known = extrapolation_canvas(codes, args.direction, grid, shift)
+        out, _ = generate_images(pipe.model, [prompt], known=known[None], generator=generator, **image_options(args))
+        codes = out[0]
+        panorama = stitch(panorama, pipe.decode_codes(codes[None])[0], args.direction, pipe.image_size, shift * cell)
+    path = os.path.join(args.out, f"extrapolate_{args.direction}.png")
+    scale = 4
+    Image.fromarray(panorama).resize((panorama.shape[1] * scale, panorama.shape[0] * scale), Image.NEAREST).save(path)
+    print(f"wrote {path} (extended {args.direction} {args.times} time(s) by {shift} token rows/columns)")
+    return panorama
+
+
+def run_lm(pipe, args, generator):
+    rows = [pipe.space.lm(pipe.encode_text(p), pipe.model.cfg.max_text, warn=True, close=False) for p in args.prompt]
+    outputs = generate_text(pipe.model, rows, args.max_new_tokens, args.temperature, args.top_k, generator)
+    texts = [p + pipe.text.decode(o) for p, o in zip(args.prompt, outputs)]
+    for text in texts:
+        print(text)
+    return texts
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
+    parser.add_argument("--task", default="t2i", choices=TASKS, help="what to sample")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text prompt (repeatable for t2i and lm); empty = unconditional")
+    parser.add_argument("--image", action="append", default=None, help="input image file (repeatable for caption/vqa)")
+    parser.add_argument("--question", default=None, help="the question for --task vqa")
+    parser.add_argument("--mask", default=None, help="inpainting region: a PNG (white = regenerate) or a box x0,y0,x1,y1 in pixels")
+    parser.add_argument("--direction", default="right", choices=DIRECTIONS, help="extrapolation direction")
+    parser.add_argument("--shift", type=int, default=None, help="extrapolation: new token columns/rows per step (default half the grid)")
+    parser.add_argument("--times", type=int, default=1, help="extrapolation: how many times to extend (chained)")
+    parser.add_argument("-n", type=int, default=4, help="images per prompt (t2i, inpaint)")
+    parser.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps T")
+    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale s: (1+s) cond - s uncond")
+    parser.add_argument("--cfg-ramp", action="store_true", help="raise the guidance linearly from 0 to --cfg over the steps (MUSE)")
+    parser.add_argument("--remask-temperature", type=float, default=4.5,
+                        help="Gumbel noise on the re-masking confidence, annealed linearly to 0 (MaskGIT's 4.5)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="text sampling: keep the k most likely tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="text: stop after this many tokens")
+    parser.add_argument("--show-steps", action="store_true", help="t2i: also write steps.png, the canvas after each step")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    parser.add_argument("--out", default="out/samples", help="folder for the PNGs")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    return parser
+
+
+def check_args(parser, args):
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.cfg < 0:
+        parser.error("--cfg (guidance scale) must be >= 0")
+    if args.n < 1 or args.times < 1 or args.max_new_tokens < 1:
+        parser.error("-n, --times and --max-new-tokens must be at least 1")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    if args.temperature < 0 or args.remask_temperature < 0:
+        parser.error("temperatures must be >= 0")
+    needs_image = args.task in ("caption", "vqa", "inpaint", "extrapolate")
+    if needs_image and not args.image:
+        parser.error(f"--task {args.task} needs --image")
+    if args.task == "vqa" and not args.question:
+        parser.error("--task vqa needs --question")
+    if args.task == "inpaint" and not args.mask:
+        parser.error("--task inpaint needs --mask (a PNG or a box x0,y0,x1,y1)")
+    if args.prompt is None:
+        if args.task in ("t2i", "lm"):
+            parser.error(f"--task {args.task} needs --prompt (--prompt \"\" samples unconditionally)")
+        args.prompt = [""]
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    try:
+        pipe = Pipeline(args.ckpt, args.device)
+        os.makedirs(args.out, exist_ok=True)
+        generator = torch.Generator().manual_seed(args.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # an over-long prompt is cut: say so every time
+            if args.task == "t2i":
+                return run_t2i(pipe, args, generator)
+            if args.task in ("caption", "vqa"):
+                return run_understanding(pipe, args, generator, args.question if args.task == "vqa" else None)
+            if args.task == "inpaint":
+                return run_inpaint(pipe, args, generator)
+            if args.task == "extrapolate":
+                return run_extrapolate(pipe, args, generator)
+            return run_lm(pipe, args, generator)
+    except (OSError, ValueError) as e:  # missing/incompatible checkpoints, unreadable images, bad masks
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

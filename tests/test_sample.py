@@ -1,0 +1,108 @@
+"""sample.py end to end: every task on a tiny, nearly random checkpoint, and clear errors for bad
+arguments. Run: python -m pytest tests/test_sample.py"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory, showo_run):
+    from data import load
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(load("shapes", "test", limit=1).images[0]).save(path)  # 32 px: read_image resizes to 16
+    return path
+
+
+def run(showo_run, tmp_path, *args):
+    return sample.main(["--ckpt", str(showo_run), "--out", str(tmp_path), "--steps", "3", "--device", "cpu"] + list(args))
+
+
+def test_t2i_writes_a_labelled_grid_and_the_steps_strip(showo_run, tmp_path):
+    images = run(showo_run, tmp_path, "--prompt", "a red circle", "--prompt", "", "-n", "2", "--show-steps")
+    assert images.shape == (4, 16, 16, 3)
+    assert (tmp_path / "t2i.png").exists() and (tmp_path / "steps.png").exists()
+
+
+def test_same_seed_same_picture(showo_run, tmp_path):
+    a = run(showo_run, tmp_path, "--prompt", "a red circle", "--seed", "3")
+    b = run(showo_run, tmp_path, "--prompt", "a red circle", "--seed", "3")
+    assert np.array_equal(a, b)
+
+
+def test_caption_vqa_and_lm_print_text(showo_run, tmp_path, image, capsys):
+    texts = run(showo_run, tmp_path, "--task", "caption", "--image", str(image), "--image", str(image),
+                "--max-new-tokens", "4")
+    assert len(texts) == 2 and texts[0] == texts[1]  # greedy: the same image gives the same caption
+    run(showo_run, tmp_path, "--task", "vqa", "--image", str(image), "--question", "what color is it?",
+        "--max-new-tokens", "3")
+    texts = run(showo_run, tmp_path, "--task", "lm", "--prompt", "a red", "--max-new-tokens", "3")
+    assert texts[0].startswith("a red")
+    assert str(image) in capsys.readouterr().out
+
+
+def test_inpaint_keeps_the_unmasked_tokens(showo_run, tmp_path, image):
+    pipe = sample.Pipeline(str(showo_run), "cpu")
+    original = pipe.encode_images(sample.read_image(image, pipe.image_size)[None])[0]
+    codes = run(showo_run, tmp_path, "--task", "inpaint", "--image", str(image), "--mask", "0,0,8,8",
+                "--prompt", "a red square", "-n", "2")
+    keep = ~sample.token_mask("0,0,8,8", pipe).flatten()  # the top-left quarter is regenerated
+    assert keep.sum() == 12 and (codes[:, keep] == original[keep]).all()
+    assert (tmp_path / "inpaint.png").exists()
+
+
+def test_extrapolation_chains_and_grows_the_picture(showo_run, tmp_path, image):
+    panorama = run(showo_run, tmp_path, "--task", "extrapolate", "--image", str(image), "--direction", "left",
+                   "--times", "2")
+    assert panorama.shape == (16, 16 + 2 * 8, 3)  # two half-grid steps to the left
+    assert (tmp_path / "extrapolate_left.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--cfg", "-1"], "guidance scale"),
+    (["--task", "caption"], "needs --image"),
+    (["--task", "vqa", "--image", "x.png"], "needs --question"),
+    (["--task", "inpaint", "--image", "x.png"], "needs --mask"),
+])
+def test_bad_arguments_exit_non_zero_with_a_clear_message(showo_run, args, message):
+    out = subprocess.run([sys.executable, "sample.py", "--ckpt", str(showo_run), "--prompt", "a"] + args,
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "unreadable image", "bad box"])
+def test_bad_inputs_exit_non_zero_with_a_clear_message(showo_run, tmp_path, image, case):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not a PNG")
+    args = {"missing checkpoint": ["--ckpt", str(tmp_path / "nowhere")],
+            "not a checkpoint": ["--ckpt", str(junk)],
+            "unreadable image": ["--ckpt", str(showo_run), "--task", "caption", "--image", str(junk)],
+            "bad box": ["--ckpt", str(showo_run), "--task", "inpaint", "--image", str(image), "--mask", "9,9,3,3"]}[case]
+    out = subprocess.run([sys.executable, "sample.py", "--prompt", "a", "--out", str(tmp_path)] + args, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.startswith("error:") and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_moved_run_still_loads_and_a_changed_tokenizer_is_refused(showo_run, tmp_path):
+    import shutil
+
+    import torch
+    moved = tmp_path / "run"
+    shutil.copytree(showo_run.parent, moved, ignore=shutil.ignore_patterns("cache"))
+    ckpt = torch.load(moved / "stage1" / "showo.pt", weights_only=True)
+    ckpt["tokenizer"] = ckpt["text_tokenizer"] = str(tmp_path / "gone")  # the recorded paths no longer exist
+    torch.save(ckpt, moved / "stage1" / "showo.pt")
+    args = ["--ckpt", str(moved / "stage1"), "--task", "lm", "--prompt", "a", "--max-new-tokens", "2"]
+    sample.main(args)  # found by the run layout: stage1/../tokenizer.pt and text.tiktoken
+    with open(moved / "text.tiktoken", "a") as f:
+        f.write("cXVpeg== 9999\n")  # one more merge: another vocabulary
+    with pytest.raises(SystemExit, match="not the text tokenizer"):
+        sample.main(args)

@@ -1,0 +1,139 @@
+"""The samplers of model.py: MaskGIT text-to-image (schedule, guidance, inpainting, determinism) and
+text decoding with a KV cache. Run: python -m pytest tests/test_sampling.py"""
+
+import pytest
+import torch
+
+from model import (KVCache, Showo, ShowoConfig, classifier_free_guidance, generate_images, generate_text,
+                   masking_schedule)
+
+CFG = ShowoConfig(text_vocab_size=30, codebook_size=16, n_layer=2, n_head=2, n_embd=32, image_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Showo(CFG).eval()
+
+
+def test_schedule_is_cosine_and_ends_at_zero():
+    assert [masking_schedule(s, 4, 16) for s in range(4)] == [14, 11, 6, 0]  # floor(16 cos(pi/2 (s+1)/4))
+    assert masking_schedule(11, 12, 64) == 0
+
+
+def test_masked_count_after_each_step_follows_the_schedule_and_nothing_is_left(model):
+    g = torch.Generator().manual_seed(0)
+    codes, history = generate_images(model, [[1, 2], [3]], steps=5, generator=g, record=True)
+    masked = [h.lt(0).sum(1).tolist() for h in history]
+    expected = [max(1, masking_schedule(s, 5, 16)) for s in range(4)] + [0]
+    assert masked == [[m, m] for m in expected]
+    assert codes.shape == (2, 16) and codes.min() >= 0 and codes.max() < 16  # codes, never [MASK]
+    assert torch.equal(history[-1], codes)  # the answer is the last step's samples
+    for before, after in zip(history, history[1:]):  # a token once kept is never changed
+        kept = before >= 0
+        assert torch.equal(after[kept], before[kept])
+
+
+def test_every_step_unmasks_at_least_one_token_even_with_many_steps(model):
+    g = torch.Generator().manual_seed(0)
+    _, history = generate_images(model, [[1]], steps=30, generator=g, record=True)  # more steps than tokens
+    counts = [int(h.lt(0).sum()) for h in history]
+    assert counts[-1] == 0 and all(b < a for a, b in zip([16] + counts, counts) if a > 0)
+
+
+def test_same_seed_same_images_other_seed_other_images(model):
+    run = lambda seed: generate_images(model, [[1, 2]] * 3, steps=4, guidance=1.5,  # noqa: E731
+                                       generator=torch.Generator().manual_seed(seed))[0]
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_inpainting_never_changes_known_tokens(model):
+    known = torch.full((3, 16), -1)
+    known[:, :6] = torch.arange(6)          # the top rows given, the rest generated
+    known[1, 10] = 15
+    g = torch.Generator().manual_seed(0)
+    codes, history = generate_images(model, [[1], [2], []], steps=4, known=known, generator=g, record=True)
+    given = known >= 0
+    assert torch.equal(codes[given], known[given])
+    for h in history:
+        assert torch.equal(h[given], known[given])
+    # the schedule runs over the tokens to generate: 10 in rows 0 and 2, 9 in row 1
+    assert history[0].lt(0).sum(1).tolist() == [masking_schedule(0, 4, 10), masking_schedule(0, 4, 9),
+                                                 masking_schedule(0, 4, 10)]
+
+
+def test_guidance_scale_zero_is_the_conditional_logits():
+    cond, uncond = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    assert torch.equal(classifier_free_guidance(torch.cat([cond, uncond]), 0.0), cond)
+    torch.testing.assert_close(classifier_free_guidance(torch.cat([cond, uncond]), 2.0), 3 * cond - 2 * uncond)
+
+
+def test_guided_batch_rows_equal_separate_forwards(model):
+    # cond and uncond rows share one padded forward; padding must not change either
+    space = model.space
+    cond = space.pad_rows([space.t2i([1, 2, 3], 16)])[0]
+    uncond = space.pad_rows([space.t2i([], 16)])[0]
+    both = space.pad_rows([space.t2i([1, 2, 3], 16), space.t2i([], 16)])[0]
+    with torch.no_grad():
+        joint, _ = model(both)
+        a, _ = model(cond)
+        b, _ = model(uncond)
+    torch.testing.assert_close(joint[0, -17:-1], a[0, -17:-1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(joint[1, -17:-1], b[0, -17:-1], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_steps_and_guidance_are_refused(model):
+    with pytest.raises(ValueError, match="steps"):
+        generate_images(model, [[1]], steps=0)
+    with pytest.raises(ValueError, match="guidance"):
+        generate_images(model, [[1]], guidance=-1)
+
+
+def prefixes(space):
+    image = torch.arange(16)
+    return [space.mmu(image, [1, 2, 3, 4, 5]), space.mmu(image.flip(0), []), space.lm([6, 7], close=False)]
+
+
+def test_cached_decoding_equals_recomputation(model):
+    rows = prefixes(model.space)  # different lengths and layouts in one batch
+    cached = generate_text(model, rows, max_new_tokens=12, use_cache=True)
+    full = generate_text(model, rows, max_new_tokens=12, use_cache=False)
+    assert cached == full and all(len(o) > 0 for o in cached)
+
+
+def test_cached_logits_equal_full_logits(model):
+    space = model.space
+    rows = prefixes(space)
+    ids, _, _ = space.pad_rows(rows, left=True)
+    nxt = torch.tensor([[8, 9], [10, 11], [12, 13]])
+    with torch.no_grad():
+        full, _ = model(torch.cat([ids, nxt], 1))
+        cache = KVCache()
+        model(ids, cache=cache)
+        step1, _ = model(nxt[:, :1], cache=cache)
+        step2, _ = model(nxt[:, 1:], cache=cache)
+    torch.testing.assert_close(step1[:, 0], full[:, -2], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(step2[:, 0], full[:, -1], atol=1e-5, rtol=1e-4)
+
+
+def test_decoding_stops_at_eot_and_only_emits_text(model):
+    space = model.space
+    outputs = generate_text(model, prefixes(space), max_new_tokens=5)
+    assert all(all(t < space.text_vocab_size for t in o) for o in outputs)  # never codes or specials
+
+    def eot_wins(module, inputs, logits):  # a model whose every prediction is [EOT]
+        logits = logits.clone()
+        logits[..., space.eot] += 1e4
+        return logits
+    handle = model.head.register_forward_hook(eot_wins)
+    try:
+        assert generate_text(model, prefixes(space), max_new_tokens=5) == [[], [], []]
+    finally:
+        handle.remove()
+
+
+def test_top_k_1_sampling_is_greedy(model):
+    rows = prefixes(model.space)
+    g = torch.Generator().manual_seed(0)
+    assert generate_text(model, rows, 6, temperature=1.0, top_k=1, generator=g) == generate_text(model, rows, 6)
