@@ -725,19 +725,7 @@ def main_showo(args, parser):
         sys.exit(f"error: {e}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
-    add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS)
-    showo = sub.add_parser("showo", help="train the Show-o transformer (one stage) on tokenized data")
-    add_config_arguments(showo, ShowoTrainConfig, SHOWO_PRESETS)
-    args = parser.parse_args(argv)
-    if args.command == "showo":
-        return main_showo(args, showo)
-    main_job = args.command is None
-    if main_job:  # the main job: the shapes preset, resumed if it was interrupted, then evaluated
-        args = parser.parse_args(["tokenizer", "--resume"])
+def main_tokenizer(args, parser):
     if args.dataset is not None and args.dataset not in data.DATASETS:
         parser.error(f"--dataset must be one of {', '.join(data.DATASETS)}")
     cfg = config_from_args(args, TokenizerTrainConfig, TOKENIZER_PRESETS)
@@ -749,17 +737,103 @@ def main(argv=None):
     if cfg.dataset != "shapes" and cfg.data_dir is None:
         parser.error(f"--data-dir is needed for {cfg.dataset} (e.g. ../shared/data)")
     try:
-        ckpt_path = train_tokenizer(cfg)
-        if main_job:  # finish the main job with the held-out evaluation of evaluate.py
-            from evaluate import evaluate_tokenizer
-            metrics = evaluate_tokenizer(ckpt_path, cfg.dataset, cfg.data_dir, device=cfg.device)
-            with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=1)
-            print(f"held-out {metrics['split']} split: PSNR {metrics['psnr']:.2f} dB, codes used "
-                  f"{100 * metrics['usage']:.1f}%, scorer agreement {100 * metrics['scorer_agreement']:.1f}% "
-                  f"-> {os.path.join(cfg.out, 'metrics.json')}")
+        return train_tokenizer(cfg)
     except (OSError, ValueError) as e:  # bad data paths/files/options: the messages say what
         sys.exit(f"error: {e}")
+
+
+# The main job's Show-o stages on the shapes world: steps per stage, sized so that the whole job
+# (tokenizers, three stages, evaluation) takes at most 15 minutes on a 2-core CPU.
+MAIN_JOB_STAGES = {1: 300, 2: 150, 3: 250}
+MAIN_JOB_PROMPT = "a red circle above a blue square"
+
+
+def plot_losses(log_paths, path, width=640, height=320):
+    """Per-task training losses of consecutive runs (the stages), one line per task, as a PNG drawn
+    with Pillow (no plotting library needed). Vertical lines mark where a stage begins."""
+    from PIL import ImageDraw
+    series, offsets, offset = {}, [], 0
+    for log_path in log_paths:
+        records = [json.loads(line) for line in open(log_path)]
+        offsets.append(offset)
+        for r in records:
+            for task in ("t2i", "mmu", "lm"):
+                if task in r:
+                    series.setdefault(task, []).append((offset + r["step"], r[task]))
+        offset += records[-1]["step"] if records else 0
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(v for points in series.values() for _, v in points)
+    x = lambda step: 40 + (width - 50) * step / max(offset, 1)            # noqa: E731
+    y = lambda value: height - 30 - (height - 50) * value / max(top, 1e-9)  # noqa: E731
+    draw.line([(40, 10), (40, height - 30), (width - 10, height - 30)], fill="black")
+    for frac in (0, 0.5, 1):
+        draw.text((2, y(top * frac) - 6), f"{top * frac:.1f}", fill="black")
+    for stage, start in enumerate(offsets, 1):
+        draw.line([(x(start), 10), (x(start), height - 30)], fill=(200, 200, 200))
+        draw.text((x(start) + 3, height - 26), f"stage {stage}", fill="gray")
+    colours = {"t2i": (244, 160, 0), "mmu": (66, 133, 244), "lm": (120, 120, 120)}
+    for i, (task, points) in enumerate(series.items()):
+        runs, current = [], [points[0]]
+        for a, b in zip(points, points[1:]):
+            if b[0] - a[0] > 1:  # the task pauses (a stage without it): break the line
+                runs.append(current)
+                current = []
+            current.append(b)
+        for run in runs + [current]:
+            if len(run) > 1:
+                draw.line([(x(s), y(v)) for s, v in run], fill=colours[task], width=1)
+        draw.text((width - 160 + 50 * i, 12), task, fill=colours[task])
+    img.save(path)
+
+
+def main_job(tok_parser, showo_parser):
+    """`python train.py`: the image and text tokenizers, Show-o's three stages and the evaluation on
+    the shapes world; every part resumes if the job was interrupted and is skipped if finished."""
+    t0 = time.time()
+    tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(["--resume"]), tok_parser)
+    run_dir = os.path.dirname(tokenizer_ckpt)
+    init, logs = None, []
+    for stage, steps in MAIN_JOB_STAGES.items():
+        argv = ["--stage", str(stage), "--max-steps", str(steps), "--resume"] + (["--init", init] if init else [])
+        init = main_showo(showo_parser.parse_args(argv), showo_parser)
+        logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
+    train_minutes = (time.time() - t0) / 60
+    from evaluate import evaluate_showo, evaluate_tokenizer
+    from model import generate_images
+    from sample import Pipeline, steps_strip
+    metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
+    metrics["showo"] = evaluate_showo(init, "shapes", out_dir=run_dir)
+    pipe = Pipeline(init)  # one decoding, step by step, for learners to watch
+    _, history = generate_images(pipe.model, [pipe.encode_text(MAIN_JOB_PROMPT)], steps=12, guidance=2.0,
+                                 generator=torch.Generator().manual_seed(0), record=True)
+    steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
+    plot_losses(logs, os.path.join(run_dir, "losses.png"))
+    metrics["minutes"] = dict(training=round(train_minutes, 2), total=round((time.time() - t0) / 60, 2))
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    g, tok = metrics["showo"]["geneval"], metrics["tokenizer"]
+    print(f"\ntokenizer: held-out PSNR {tok['psnr']:.2f} dB, scorer agreement {100 * tok['scorer_agreement']:.1f}%")
+    print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    print(f"VQA {metrics['showo']['vqa']:.3f}, POPE {metrics['showo']['pope']:.3f}, caption exact-match "
+          f"{metrics['showo']['caption_exact']:.3f}; {metrics['minutes']['total']:.1f} min in all")
+    print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
+    add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS)
+    showo = sub.add_parser("showo", help="train the Show-o transformer (one stage) on tokenized data")
+    add_config_arguments(showo, ShowoTrainConfig, SHOWO_PRESETS)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        return main_job(tok, showo)
+    if args.command == "showo":
+        return main_showo(args, showo)
+    return main_tokenizer(args, tok)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ Scorer: detect(image) -> Scene, by plain image analysis (no learned model)
      lost the apex of small triangles under blur: it read 94-96% of box-blurred and 66% of JPEG-75
      images right. Template matching reads 100% of both, 99.6% of JPEG-50 and 99.4% of box blur +
      noise + JPEG-75 (~22.5 dB, far below a ~30 dB tokenizer); see tests/test_shapes.py.)
-score(image, caption) = satisfies(detect(image), caption); score(image, scene) = the detected objects
-equal the scene's as a multiset of (shape, colour, size, cell).
+score(image, caption) = the detected scene is a valid scene of the world (every object a known
+shape, one object per cell) and satisfies the caption; score(image, scene) = the detected objects
+equal the scene's as a multiset of (shape, colour, size, cell). The validity rule keeps a generator
+from passing "a circle" with a canvas of coloured noise that happens to hold a round blob.
 """
 import argparse
 import itertools
@@ -594,11 +596,19 @@ def detect(image):
     return Scene(tuple(sorted(objects, key=lambda o: (o.row, o.col, o.cx, o.cy))))
 
 
+def is_valid_scene(scene):
+    """Could the world have drawn it? Every object a known shape, at most one object per cell."""
+    cells = [(o.row, o.col) for o in scene.objects]
+    return all(o.shape != "unknown" for o in scene.objects) and len(set(cells)) == len(cells)
+
+
 def score(image, target):
-    """Does the image pass? target: a caption (text or Prompt) -> satisfies(detect(image), target);
-    a Scene -> the detected scene has exactly its objects (shape, colour, size, cell)."""
+    """Does the image pass? target: a caption (text or Prompt) -> the detected scene is valid and
+    satisfies it; a Scene -> the detected scene has exactly its objects (shape, colour, size, cell)."""
     found = detect(image)
-    return found.key() == target.key() if isinstance(target, Scene) else satisfies(found, target)
+    if isinstance(target, Scene):
+        return found.key() == target.key()
+    return is_valid_scene(found) and satisfies(found, target)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -224,7 +224,22 @@ def test_a_blob_is_no_shape():
     bar = np.full((32, 32, 3), BACKGROUND, np.uint8)
     bar[6:9, 2:13] = COLOURS["yellow"]                   # an 11x3 bar: neither circle, square nor triangle
     assert [o.shape for o in detect(bar).objects] == ["unknown"]
-    assert score(bar, "a yellow object") and not score(bar, "a yellow square")
+    # no scene of the world has a blob, so the image fails every prompt, even "a yellow object"
+    assert not score(bar, "a yellow object") and not score(bar, "a yellow square")
+
+
+def test_noise_with_a_shape_in_it_fails():
+    """A generator that paints coloured noise must not pass "a circle" because a blob looks round."""
+    circle = rendered([Obj("circle", "red", "large", 0, 0, 8, 8)])
+    assert score(circle, "a red circle")
+    rng = np.random.default_rng(0)
+    noisy = circle.copy()
+    palette = np.array(list(COLOURS.values()), np.uint8)
+    noisy[16:, :] = palette[rng.integers(0, len(palette), (16, 32))]  # the bottom half: palette noise
+    assert not score(noisy, "a red circle")
+    two_in_a_cell = rendered([Obj("circle", "red", "small", 0, 0, 5, 5)])
+    two_in_a_cell[8:13, 8:13] = COLOURS["blue"]                     # a second object in the same cell
+    assert not score(two_in_a_cell, "a red circle")
 
 
 def test_wrong_images_fail_for_every_category_prompt():
