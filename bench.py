@@ -4,6 +4,7 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 
     python bench.py tokenizer            # default sizes; --quick for a fast smoke run
     python bench.py train                # Show-o training steps: omni-attention vs plain causal
+    python bench.py sample               # MaskGIT vs autoregressive decoding; KV cache for text
 
 `tokenizer` measures
 1. encode + decode throughput (images/s) of the image tokenizer at the shapes preset size;
@@ -22,6 +23,13 @@ against the same model and batch with a plain causal mask (SDPA's is_causal path
 FLOP/s as a fraction of this machine's measured fp32 matmul peak. FLOPs per step are counted as
 6 x (parameters in matrices, head included) x tokens + 12 x layers x width x length x tokens for
 the attention scores and their weighted sums (forward 1x, backward 2x).
+
+`sample` times generation on the main job's model size (random weights: speed does not depend on
+what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
+against an autoregressive baseline that decodes the same tokens one at a time, in raster order,
+with a KV cache, on the same model (forward passes and wall-clock ratio; no guidance on either
+side); captioning with and without the KV cache (32 new tokens after an 84-token prefix); and
+MaskGIT images/s against batch size.
 """
 import argparse
 import json
@@ -72,16 +80,8 @@ def proc_status_kib(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def quantizer_case(method, bits, tokens, repeats, device):
-    """Time and peak memory of one quantizer on `tokens` random latents. Returns a dict."""
-    torch.manual_seed(0)
-    z = torch.randn(tokens, bits, device=device)
-    if method == "vq":
-        codebook = torch.randn(2 ** bits, bits, device=device)
-        fn = lambda: vq_lookup(z, codebook)  # noqa: E731
-    else:
-        lfq = LFQ(bits).to(device)
-        fn = lambda: lfq_lookup(z, lfq)  # noqa: E731
+def time_and_peak_memory(fn, repeats, device):
+    """(median seconds of fn(), peak extra memory in MB while it ran)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -95,7 +95,21 @@ def quantizer_case(method, bits, tokens, repeats, device):
         base = proc_status_kib("VmRSS")
         seconds = median_time(fn, repeats, device)
         peak_mb = (proc_status_kib("VmHWM") - base) / 1024
-    return dict(method=method, bits=bits, tokens=tokens, ms=seconds * 1e3, peak_mb=max(peak_mb, 0.0))
+    return seconds, max(peak_mb, 0.0)
+
+
+def quantizer_case(method, bits, tokens, repeats, device):
+    """Time and peak memory of one quantizer on `tokens` random latents. Returns a dict."""
+    torch.manual_seed(0)
+    z = torch.randn(tokens, bits, device=device)
+    if method == "vq":
+        codebook = torch.randn(2 ** bits, bits, device=device)
+        fn = lambda: vq_lookup(z, codebook)  # noqa: E731
+    else:
+        lfq = LFQ(bits).to(device)
+        fn = lambda: lfq_lookup(z, lfq)  # noqa: E731
+    seconds, peak_mb = time_and_peak_memory(fn, repeats, device)
+    return dict(method=method, bits=bits, tokens=tokens, ms=seconds * 1e3, peak_mb=peak_mb)
 
 
 def run_isolated(function, args, device):
@@ -188,20 +202,10 @@ def train_case(size, attention_kind, repeats, device):
         joint_loss(losses, weights).backward()
         optimizer.step()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        seconds = median_time(step, repeats, device)
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = proc_status_kib("VmRSS")
-        seconds = median_time(step, repeats, device)
-        peak_mb = (proc_status_kib("VmHWM") - base) / 1024
+    seconds, peak_mb = time_and_peak_memory(step, repeats, device)
     tokens = ids.numel()
     return dict(size=size, attention=attention_kind, rows=rows, length=ids.shape[1], ms=seconds * 1e3,
-                tokens_per_s=tokens / seconds, peak_mb=max(peak_mb, 0.0), flops_per_s=step_flops(model, ids) / seconds,
+                tokens_per_s=tokens / seconds, peak_mb=peak_mb, flops_per_s=step_flops(model, ids) / seconds,
                 params=model.num_params())
 
 
@@ -239,6 +243,79 @@ def bench_train(args):
                 fraction_of_matmul_peak=round(omni["flops_per_s"] / peak, 3), size=main_size)
 
 
+@torch.no_grad()
+def autoregressive_images(model, prompts, generator):
+    """The baseline: the image tokens decoded one at a time in raster order with a KV cache, each
+    sampled from the code logits at the last position. N + 1 forward passes for N tokens."""
+    from model import KVCache, sample_next
+    space, n = model.space, model.cfg.image_tokens
+    rows = [space.t2i(p, 0) for p in prompts]
+    for row in rows:  # [T2I] [SOT] prompt [EOT] [SOI]: drop the [EOI] of the empty image span
+        row.ids.pop()
+        row.text_targets.pop()
+    ids, _, _ = space.pad_rows(rows, left=True)
+    cache = KVCache()
+    logits, _ = model(ids, cache=cache)
+    codes = []
+    for _ in range(n):
+        code = sample_next(logits[:, -1, space.image_offset:space.mask], 1.0, None, generator)
+        codes.append(code)
+        logits, _ = model((code + space.image_offset)[:, None], cache=cache)
+    return torch.stack(codes, 1)
+
+
+def sample_case(image_tokens, repeats, batch, device):
+    """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size."""
+    from model import generate_images
+    torch.manual_seed(0)
+    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=image_tokens,
+                              **TRAIN_SIZES["medium"][0])).to(device).eval()
+    prompts = [list(range(16))] * batch
+    g = torch.Generator().manual_seed(0)
+    ar = median_time(lambda: autoregressive_images(model, prompts, g), repeats, device)
+    out = dict(image_tokens=image_tokens, batch=batch, ar_s=ar, ar_forward_passes=image_tokens + 1)
+    for steps in (8, 16):
+        out[f"maskgit_T{steps}_s"] = median_time(lambda: generate_images(model, prompts, steps=steps, generator=g),
+                                                 repeats, device)
+    return out
+
+
+def bench_sample(args):
+    from model import generate_images, generate_text
+    device = autodetect_device(args.device)
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}")
+    result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={})
+    for n in args.image_tokens:
+        r = sample_case(n, args.repeats, args.batch, device)
+        for steps in (8, 16):
+            speedup = r["ar_s"] / r[f"maskgit_T{steps}_s"]
+            result["maskgit_over_ar_speedup"][f"{n}_tokens_T{steps}"] = round(speedup, 2)
+            result["forward_passes"][f"{n}_tokens_T{steps}"] = dict(maskgit=steps, autoregressive=n + 1)
+            print(f"{n:4d} image tokens, batch {args.batch}: MaskGIT T={steps:2d} {r[f'maskgit_T{steps}_s'] * 1e3:8.1f} ms "
+                  f"({steps} passes) vs autoregressive {r['ar_s'] * 1e3:8.1f} ms ({n + 1} passes): {speedup:.1f}x")
+
+    torch.manual_seed(0)
+    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=64,
+                              **TRAIN_SIZES["medium"][0])).to(device).eval()
+    space = model.space
+    prefixes = [space.mmu(torch.arange(64), list(range(16))) for _ in range(args.batch)]  # 84 tokens
+    timed = {use: median_time(lambda: generate_text(model, prefixes, 32, use_cache=use, stop_at_eot=False),
+                              args.repeats, device) for use in (True, False)}
+    result["kv_cache_speedup"] = round(timed[False] / timed[True], 2)
+    result["caption_ms"] = dict(cached=round(timed[True] * 1e3, 1), recomputed=round(timed[False] * 1e3, 1),
+                                prefix_tokens=len(prefixes[0].ids), new_tokens=32, batch=args.batch)
+    print(f"captioning, {len(prefixes[0].ids)}-token prefix + 32 new tokens, batch {args.batch}: KV cache "
+          f"{timed[True] * 1e3:.0f} ms vs recomputing {timed[False] * 1e3:.0f} ms: {result['kv_cache_speedup']}x")
+
+    result["maskgit_images_per_s"] = {}
+    for batch in args.batches:
+        prompts = [list(range(16))] * batch
+        seconds = median_time(lambda: generate_images(model, prompts, steps=12), args.repeats, device)
+        result["maskgit_images_per_s"][str(batch)] = round(batch / seconds, 1)
+        print(f"MaskGIT T=12, 64 tokens, batch {batch:3d}: {batch / seconds:7.1f} images/s")
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,7 +334,21 @@ def main(argv=None):
     train.add_argument("--rounds", type=int, default=3, help="fresh processes per case; the median one is kept")
     train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
     train.add_argument("--device", default="auto")
+    smp = sub.add_parser("sample", help="MaskGIT vs autoregressive image decoding; KV cache for captioning")
+    smp.add_argument("--image-tokens", type=int, nargs="+", default=[64, 256], help="image sizes in tokens")
+    smp.add_argument("--batch", type=int, default=8, help="prompts / images per call")
+    smp.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64], help="batch sizes for throughput")
+    smp.add_argument("--repeats", type=int, default=3, help="timed calls per case (median reported)")
+    smp.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
+    smp.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "sample":
+        if args.quick:
+            args.image_tokens, args.batch, args.batches, args.repeats = [16], 2, [1, 2], 1
+        if args.repeats < 1 or args.batch < 1 or min(args.batches) < 1 or min(args.image_tokens) < 1:
+            parser.error("--repeats, --batch, --batches and --image-tokens must be at least 1")
+        print(json.dumps(bench_sample(args)))
+        return
     if args.command == "train":
         if args.quick:
             args.sizes, args.repeats, args.rounds = ["small"], 2, 1

@@ -380,13 +380,15 @@ def sample_next(logits, temperature=0.0, top_k=None, generator=None):
 
 
 @torch.no_grad()
-def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=None, generator=None, use_cache=True):
+def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=None, generator=None, use_cache=True,
+                  stop_at_eot=True):
     """Continue each prefix (a Row ending where text goes on: `space.mmu(codes, prompt)`
     for captions and answers, `space.lm(prompt, close=False)` for plain text) until [EOT] or
     max_new_tokens. Prefixes of different lengths share a batch by left padding (hidden by the mask;
     RoPE only sees relative positions). Only text ids and [EOT] can be produced.
     With use_cache, each new token goes through the model once (KVCache); without, the whole
     sequence is recomputed per token: the same tokens, greedy, at several times the cost.
+    stop_at_eot=False never produces [EOT] (always max_new_tokens ids: benchmarks).
     Returns B lists of new ids (without the [EOT])."""
     space = model.space
     device = next(model.parameters()).device
@@ -395,7 +397,7 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
     B = len(prefixes)
     allowed = torch.zeros(space.vocab_size, dtype=torch.bool, device=device)
     allowed[:space.text_vocab_size] = True
-    allowed[space.eot] = True
+    allowed[space.eot] = stop_at_eot
     cache = KVCache() if use_cache else None
     logits, _ = model(ids, cache=cache)
     out, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=device)

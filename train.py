@@ -159,6 +159,18 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def update(loss, model, optimizer, grad_clip, step, ckpt_path):
+    """One optimizer step: backward, clip the gradient's global norm, AdamW. A NaN or infinite loss
+    stops the run before it can touch the weights; the last checkpoint on disk is the last good one."""
+    if not torch.isfinite(loss):
+        sys.exit(f"error: loss became {loss.item()} at step {step}; stopping. The last good checkpoint is "
+                 f"{ckpt_path}. Try a lower --lr.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def batch_indices(step, n, batch_size, seed):
     """The images of training step `step`: epoch e is a random permutation seeded by (seed, e), and
     step s takes its slice. A pure function of the step, so a resumed run sees exactly the data the
@@ -275,13 +287,7 @@ def train_tokenizer(cfg):
         with autocast(device):
             _, _, losses = train_model(x)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            sys.exit(f"error: loss became {loss.item()} at step {step}; stopping. The last good "
-                     f"checkpoint is {ckpt_path}. Try a lower --lr.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        update(loss, model, optimizer, cfg.grad_clip, step, ckpt_path)
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(losses['mse'].item(), 1e-10)):.1f}")
 
         done = step + 1
@@ -633,13 +639,7 @@ def train_showo(cfg):
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
         loss = joint_loss(losses, weights)
-        if not torch.isfinite(loss):
-            sys.exit(f"error: loss became {loss.item()} at step {step}; stopping. The last good checkpoint "
-                     f"is {ckpt_path}. Try a lower --lr.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        update(loss, model, optimizer, cfg.grad_clip, step, ckpt_path)
         record = dict(step=step + 1, lr=lr, loss=round(loss.item(), 5), **{k: round(v.item(), 5) for k, v in losses.items()})
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "t2i", "mmu", "lm")})
 
@@ -744,7 +744,7 @@ def main_tokenizer(args, parser):
 
 # The main job's Show-o stages on the shapes world: steps per stage, sized so that the whole job
 # (tokenizers, three stages, evaluation) takes at most 15 minutes on a 2-core CPU.
-MAIN_JOB_STAGES = {1: 300, 2: 150, 3: 250}
+MAIN_JOB_STAGES = {1: 240, 2: 120, 3: 200}
 MAIN_JOB_PROMPT = "a red circle above a blue square"
 
 

@@ -137,3 +137,15 @@ def test_top_k_1_sampling_is_greedy(model):
     rows = prefixes(model.space)
     g = torch.Generator().manual_seed(0)
     assert generate_text(model, rows, 6, temperature=1.0, top_k=1, generator=g) == generate_text(model, rows, 6)
+
+
+def test_bench_sample_reports_speedups():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "bench.py", "sample", "--quick"], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["maskgit_over_ar_speedup"]) == {"16_tokens_T8", "16_tokens_T16"}
+    assert result["kv_cache_speedup"] > 0 and result["forward_passes"]["16_tokens_T8"]["autoregressive"] == 17
