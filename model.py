@@ -310,7 +310,7 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
              and extrapolation use the same loop; known codes never change.
     Each step: run the model on [T2I] [SOT] prompt [EOT] [SOI] canvas [EOI]; keep the logits of the
     image slots, restricted to the 2^K codes; with guidance s, mix (1 + s) cond - s uncond (both in
-    one batched forward; guidance_ramp raises s linearly from 0 to s over the steps, as MUSE does);
+    one batched forward; guidance_ramp raises it linearly, s (t+1)/T at step t, as MUSE does);
     sample a code at every slot (known slots keep theirs); confidence = log p of the sampled code,
     +inf at known slots; keep masked the n lowest of confidence + temperature_t x Gumbel noise,
     with n from masking_schedule, clamped to [1, unknown - 1] before the last step, and the
@@ -328,12 +328,16 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
     rows = [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts]
     if guidance > 0:
         rows += [space.t2i([], n)] * B   # the unconditional twins, after the conditional rows
-    ids, _, _ = space.pad_rows(rows)     # left-padded: every row's image slots are its last n + 1 .. 1
+    # left-padded: every row's image slots are its last n + 1 .. 1. FlexAttention compiles per shape:
+    # give it the one longest length, as in training.
+    ids, _, _ = space.pad_rows(rows, model.cfg.max_len if model.cfg.flex_attention else None)
     ids = ids.to(device)
     slots = slice(ids.shape[1] - 1 - n, ids.shape[1] - 1)
     known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
     if known.shape != (B, n):
         raise ValueError(f"known codes must be ({B}, {n}), got {tuple(known.shape)}")
+    if known.numel() and (known.min() < -1 or known.max() >= space.codebook_size):
+        raise ValueError(f"known codes must be -1 (generate) or in [0, {space.codebook_size})")
     known = known.to(device)
     to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
     history = []

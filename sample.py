@@ -46,16 +46,13 @@ class Pipeline:
         self.model, self.ckpt = load_showo(path, map_location="cpu")
         self.model.to(self.device)
         self.space = self.model.space
-        here = os.path.dirname(os.path.abspath(path))
-        # the paths recorded at training time, else the usual layout (out/<run>/stage<k>/showo.pt
-        # beside out/<run>/tokenizer.pt), e.g. after the run folder was moved
-        tok_path = self.find(self.ckpt.get("tokenizer"), os.path.join(here, "..", "tokenizer.pt"), "image tokenizer")
-        text_path = self.find(self.ckpt.get("text_tokenizer"), os.path.join(os.path.dirname(tok_path), "text.tiktoken"),
-                              "text tokenizer")
-        if file_digest(tok_path) != self.ckpt.get("tokenizer_digest"):
-            raise ValueError(f"{tok_path} is not the image tokenizer {path} was trained with")
-        if file_digest(text_path) != self.ckpt.get("text_tokenizer_digest"):
-            raise ValueError(f"{text_path} is not the text tokenizer {path} was trained with")
+        run = os.path.join(os.path.dirname(os.path.abspath(path)), "..")
+        # the run's own layout (out/<run>/stage<k>/showo.pt beside out/<run>/tokenizer.pt) or the
+        # paths recorded at training time: the first file whose digest matches the checkpoint's
+        tok_path = self.find([os.path.join(run, "tokenizer.pt"), self.ckpt.get("tokenizer")],
+                             self.ckpt.get("tokenizer_digest"), "image tokenizer", path)
+        text_path = self.find([os.path.join(run, "text.tiktoken"), self.ckpt.get("text_tokenizer")],
+                              self.ckpt.get("text_tokenizer_digest"), "text tokenizer", path)
         self.image_tokenizer, _ = load_image_tokenizer(tok_path)
         self.image_tokenizer.to(self.device)
         self.text = TextTokenizer.from_file(text_path)
@@ -63,12 +60,15 @@ class Pipeline:
         self.image_size = self.image_tokenizer.cfg.image_size
 
     @staticmethod
-    def find(recorded, fallback, what):
-        for candidate in (recorded, fallback):
-            if candidate and os.path.exists(candidate):
+    def find(candidates, digest, what, ckpt_path):
+        existing = [c for c in candidates if c and os.path.exists(c)]
+        for candidate in existing:
+            if file_digest(candidate) == digest:
                 return candidate
-        raise FileNotFoundError(f"cannot find the {what} of this checkpoint (looked at {recorded} and "
-                                f"{os.path.normpath(fallback)})")
+        if existing:
+            raise ValueError(f"{', '.join(map(os.path.normpath, existing))}: not the {what} {ckpt_path} was trained with")
+        raise FileNotFoundError(f"cannot find the {what} of {ckpt_path} (looked at "
+                                f"{', '.join(os.path.normpath(c) for c in candidates if c)})")
 
     def encode_text(self, text):
         return self.text.encode(text)
@@ -219,6 +219,8 @@ def run_inpaint(pipe, args, generator):
     image = read_image(args.image[0], pipe.image_size)
     codes = pipe.encode_images(image[None])[0]                       # (N,)
     regenerate = token_mask(args.mask, pipe).flatten()
+    if not regenerate.any():
+        raise ValueError(f"--mask {args.mask} selects no image token: nothing to regenerate")
     known = torch.where(regenerate, torch.full_like(codes, -1), codes).repeat(args.n, 1)
     prompt = pipe.encode_text(args.prompt[0])
     out, _ = generate_images(pipe.model, [prompt] * args.n, known=known, generator=generator, **image_options(args))
@@ -235,7 +237,7 @@ def run_extrapolate(pipe, args, generator):
     image = read_image(args.image[0], pipe.image_size)
     codes = pipe.encode_images(image[None])[0]
     grid, cell = pipe.grid, pipe.image_size // pipe.grid
-    shift = args.shift or grid // 2
+    shift = grid // 2 if args.shift is None else args.shift
     if not 1 <= shift < grid:
         raise ValueError(f"--shift must be between 1 and {grid - 1} tokens")
     prompt = pipe.encode_text(args.prompt[0])
@@ -276,7 +278,7 @@ def build_parser():
     parser.add_argument("-n", type=int, default=4, help="images per prompt (t2i, inpaint)")
     parser.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps T")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale s: (1+s) cond - s uncond")
-    parser.add_argument("--cfg-ramp", action="store_true", help="raise the guidance linearly from 0 to --cfg over the steps (MUSE)")
+    parser.add_argument("--cfg-ramp", action="store_true", help="raise the guidance linearly to --cfg over the steps (MUSE)")
     parser.add_argument("--remask-temperature", type=float, default=4.5,
                         help="Gumbel noise on the re-masking confidence, annealed linearly to 0 (MaskGIT's 4.5)")
     parser.add_argument("--temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")

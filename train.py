@@ -56,8 +56,14 @@ from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, imag
 def autodetect_device(requested="auto"):
     """cuda -> mps -> cpu, unless the user asked for one."""
     if requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            sys.exit(f"error: --device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if device.type == "cuda" and not torch.cuda.is_available():
             sys.exit(f"error: --device {requested} asked for, but CUDA is not available here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            sys.exit(f"error: --device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             sys.exit("error: --device mps asked for, but MPS is not available here")
         return torch.device(requested)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sample
@@ -65,6 +66,30 @@ def test_extrapolation_chains_and_grows_the_picture(showo_run, tmp_path, image):
     assert (tmp_path / "extrapolate_left.png").exists()
 
 
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_extrapolation_keeps_the_original_and_stitches_the_new_band(showo_run, tmp_path, image, direction,
+                                                                    monkeypatch):
+    def fill_with_7(model, prompts, known, **kw):  # a "generator" that paints every new slot code 7
+        return torch.where(known < 0, torch.full_like(known, 7), known), []
+    monkeypatch.setattr(sample, "generate_images", fill_with_7)
+    pipe = sample.Pipeline(str(showo_run), "cpu")
+    codes = pipe.encode_images(sample.read_image(image, pipe.image_size)[None])[0]
+    panorama = run(showo_run, tmp_path, "--task", "extrapolate", "--image", str(image), "--direction", direction)
+    original = pipe.decode_codes(codes[None])[0]
+    frame = pipe.decode_codes(fill_with_7(None, None, sample.extrapolation_canvas(codes, direction, 4, 2)[None])[0])[0]
+    # 16 px image, 4x4 tokens of 4 px, shift 2 tokens = 8 px: the original stays whole on its side,
+    # the frame's new 8-px band is appended on the other
+    expected = {"right": np.concatenate([original, frame[:, 8:]], 1), "left": np.concatenate([frame[:, :8], original], 1),
+                "down": np.concatenate([original, frame[8:]], 0), "up": np.concatenate([frame[:8], original], 0)}
+    assert np.array_equal(panorama, expected[direction])
+    kept = {"right": (slice(None), slice(0, 2)), "left": (slice(None), slice(2, 4)),
+            "down": (slice(0, 2), slice(None)), "up": (slice(2, 4), slice(None))}[direction]
+    canvas = sample.extrapolation_canvas(codes, direction, 4, 2).view(4, 4)
+    moved = {"right": codes.view(4, 4)[:, 2:], "left": codes.view(4, 4)[:, :2],
+             "down": codes.view(4, 4)[2:], "up": codes.view(4, 4)[:2]}[direction]
+    assert torch.equal(canvas[kept], moved) and (canvas >= 0).sum() == 8  # half kept, half to generate
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps must be at least 1"),
     (["--cfg", "-1"], "guidance scale"),
@@ -93,8 +118,6 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(showo_run, tmp_path, imag
 
 def test_a_moved_run_still_loads_and_a_changed_tokenizer_is_refused(showo_run, tmp_path):
     import shutil
-
-    import torch
     moved = tmp_path / "run"
     shutil.copytree(showo_run.parent, moved, ignore=shutil.ignore_patterns("cache"))
     ckpt = torch.load(moved / "stage1" / "showo.pt", weights_only=True)
@@ -106,3 +129,68 @@ def test_a_moved_run_still_loads_and_a_changed_tokenizer_is_refused(showo_run, t
         f.write("cXVpeg== 9999\n")  # one more merge: another vocabulary
     with pytest.raises(SystemExit, match="not the text tokenizer"):
         sample.main(args)
+
+
+def test_an_over_long_prompt_is_cut_with_a_warning(showo_run, tmp_path):
+    with pytest.warns(UserWarning, match="cut"):
+        run(showo_run, tmp_path, "--prompt", "a red circle " * 40, "-n", "1")
+
+
+def test_evaluate_showo_prints_the_geneval_table_as_json_last(showo_run, tmp_path, capsys):
+    import json
+
+    from evaluate import main as evaluate_main
+    evaluate_main(["showo", "--ckpt", str(showo_run), "--prompts", "2", "--limit", "8", "--steps", "2",
+                   "--out", str(tmp_path), "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["geneval"]) == {"single_object", "two_object", "counting", "colors", "position",
+                                      "color_attr", "overall"}
+    assert all(0 <= v <= 1 for v in result["geneval"].values())
+    for key in ("vqa", "pope", "caption_exact"):
+        assert 0 <= result[key] <= 1
+    assert (tmp_path / "samples.png").exists()
+
+
+def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lower(showo_run, monkeypatch):
+    """The metrics' plumbing, with the model replaced by an oracle: images rendered from scenes that
+    satisfy each prompt, the true answer to each question, the full description of each image."""
+    import random
+
+    import evaluate
+    from data import load
+    from data.shapes import caption, render, scene_for_prompt
+    rng = random.Random(0)
+    ds = load("shapes", "test", limit=30)
+    monkeypatch.setattr(evaluate, "draw", lambda pipe, prompts, cfg, g: np.stack(
+        [render(scene_for_prompt(p, rng)) for p in prompts]))
+    truths = [a for qa in ds.qa for _, a, _ in qa]
+    describable = [i for i, s in enumerate(ds.scenes) if len(s.objects) <= 2]
+    descriptions = [caption(ds.scenes[i], rng, "description")[0] for i in describable]
+
+    def oracle(pipe, codes, questions, batch, max_new_tokens=24):
+        return descriptions if all(q == "" for q in questions) else list(truths)
+    monkeypatch.setattr(evaluate, "answer", oracle)
+    result = evaluate.evaluate_showo(str(showo_run), "shapes", limit=30, prompts=5, device="cpu")
+    assert all(v == 1.0 for v in result["geneval"].values()), result["geneval"]
+    assert result["vqa"] == result["pope"] == result["caption_exact"] == 1.0
+
+    truths.reverse()  # answers to other questions; captions of other images
+    descriptions.reverse()
+    result = evaluate.evaluate_showo(str(showo_run), "shapes", limit=30, prompts=5, device="cpu")
+    assert result["vqa"] < 0.6 and result["caption_exact"] < 0.5
+
+
+def test_caption_scene_reads_back_full_descriptions_only():
+    import random
+
+    from data import load
+    from data.shapes import caption
+    from evaluate import caption_scene
+    rng = random.Random(1)
+    ds = load("shapes", "test", limit=50)
+    for scene in ds.scenes:
+        if len(scene.objects) <= 2:
+            assert caption_scene(caption(scene, rng, "description")[0]) == scene.key()
+    assert caption_scene("a red circle") is None             # true of many scenes: not a full description
+    assert caption_scene("a red circle above a blue square") is None
+    assert caption_scene("not the grammar at all") is None

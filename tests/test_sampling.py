@@ -83,6 +83,24 @@ def test_guided_batch_rows_equal_separate_forwards(model):
     torch.testing.assert_close(joint[1, -17:-1], b[0, -17:-1], atol=1e-5, rtol=1e-4)
 
 
+def test_guidance_runs_each_prompt_and_its_unconditional_twin_in_one_forward(model, monkeypatch):
+    import model as model_module
+    space, seen, mixed = model.space, [], []
+    real_forward, real_mix = model.forward, model_module.classifier_free_guidance
+    monkeypatch.setattr(model, "forward", lambda ids, *a, **k: (seen.append(ids.clone()), real_forward(ids, *a, **k))[1])
+    monkeypatch.setattr(model_module, "classifier_free_guidance",
+                        lambda logits, scale: (mixed.append((logits.shape[0], scale)), real_mix(logits, scale))[1])
+    known = torch.full((2, 16), -1)
+    known[:, :4] = torch.arange(4)
+    generate_images(model, [[1, 2], [3]], steps=3, guidance=2.0, known=known, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 3 and mixed == [(4, 2.0)] * 3  # one forward per step, over 2 prompts + 2 twins
+    for ids in seen:
+        for b in (2, 3):  # the twins: the empty prompt, as in training's condition dropout
+            assert "[T2I] [SOT] [EOT] [SOI]" in space.describe(ids[b])
+        assert torch.equal(ids[2:, -17:-1], ids[:2, -17:-1])           # twins see the same canvas
+        assert torch.equal(ids[:, -17:-13], (torch.arange(4) + space.image_offset).expand(4, 4))  # known codes
+
+
 def test_bad_steps_and_guidance_are_refused(model):
     with pytest.raises(ValueError, match="steps"):
         generate_images(model, [[1]], steps=0)
@@ -131,6 +149,27 @@ def test_decoding_stops_at_eot_and_only_emits_text(model):
         assert generate_text(model, prefixes(space), max_new_tokens=5) == [[], [], []]
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_row_stops_at_its_own_eot(model, use_cache):
+    space, calls = model.space, [0]
+
+    def script(module, inputs, logits):  # row 0 ends at once, row 1 after two tokens, row 2 never
+        logits = logits.clone()
+        logits[:, -1, space.eot] = -1e4
+        if calls[0] == 0:
+            logits[0, -1, space.eot] = 1e4
+        if calls[0] == 2:
+            logits[1, -1, space.eot] = 1e4
+        calls[0] += 1
+        return logits
+    handle = model.head.register_forward_hook(script)
+    try:
+        outputs = generate_text(model, prefixes(space), max_new_tokens=5, use_cache=use_cache)
+    finally:
+        handle.remove()
+    assert [len(o) for o in outputs] == [0, 2, 5]
 
 
 def test_top_k_1_sampling_is_greedy(model):
