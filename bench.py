@@ -159,7 +159,7 @@ def bench_tokenizer(args):
                 vq_ms={str(2 ** b): round(by["vq", b]["ms"], 3) for b in args.bits})
 
 
-TRAIN_SIZES = {  # name: (model, rows per batch); medium is the main job's Show-o
+TRAIN_SIZES = {  # name: (model, rows per batch); the main job's Show-o (4 layers, width 128) lies between
     "small": (dict(n_layer=2, n_head=4, n_embd=128), 32),
     "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64),
 }
