@@ -41,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from model import Showo, ShowoConfig, joint_loss, mask_image_tokens, optimizer_groups, training_labels
+from model import (KVCache, Showo, ShowoConfig, generate_images, generate_text, joint_loss, mask_image_tokens,
+                   optimizer_groups, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer, ImageTokenizerConfig
 from train import TOKENIZER_PRESETS, TokenizerTrainConfig, autocast, autodetect_device
 
@@ -165,6 +166,13 @@ TRAIN_SIZES = {  # name: (model, rows per batch); the main job's Show-o (4 layer
 }
 
 
+def bench_model(size, image_tokens, device):
+    """A randomly initialised Show-o of one of TRAIN_SIZES, with the main job's vocabulary sizes."""
+    torch.manual_seed(0)
+    return Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=image_tokens,
+                             **TRAIN_SIZES[size][0])).to(device)
+
+
 def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
     """A mixed batch with random text ids and codes, laid out like the main job's: (ids, labels, task)."""
     g = torch.Generator().manual_seed(seed)
@@ -186,9 +194,8 @@ def step_flops(model, ids):
 
 def train_case(size, attention_kind, repeats, device):
     """Median time and peak memory of one training step. Returns a dict."""
-    model_kw, rows = TRAIN_SIZES[size]
-    torch.manual_seed(0)
-    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, **model_kw)).to(device).train()
+    rows = TRAIN_SIZES[size][1]
+    model = bench_model(size, 64, device).train()
     if attention_kind == "causal":  # the same model, with SDPA's is_causal path instead of the omni mask
         model.attention_mask = lambda ids: None
     ids, labels, task = (t.to(device) for t in synthetic_batch(model.space, rows))
@@ -247,7 +254,6 @@ def bench_train(args):
 def autoregressive_images(model, prompts, generator):
     """The baseline: the image tokens decoded one at a time in raster order with a KV cache, each
     sampled from the code logits at the last position. N + 1 forward passes for N tokens."""
-    from model import KVCache, sample_next
     space, n = model.space, model.cfg.image_tokens
     rows = [space.t2i(p, 0) for p in prompts]
     for row in rows:  # [T2I] [SOT] prompt [EOT] [SOI]: drop the [EOI] of the empty image span
@@ -266,10 +272,7 @@ def autoregressive_images(model, prompts, generator):
 
 def sample_case(image_tokens, repeats, batch, device):
     """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size."""
-    from model import generate_images
-    torch.manual_seed(0)
-    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=image_tokens,
-                              **TRAIN_SIZES["medium"][0])).to(device).eval()
+    model = bench_model("medium", image_tokens, device).eval()
     prompts = [list(range(16))] * batch
     g = torch.Generator().manual_seed(0)
     ar = median_time(lambda: autoregressive_images(model, prompts, g), repeats, device)
@@ -281,7 +284,6 @@ def sample_case(image_tokens, repeats, batch, device):
 
 
 def bench_sample(args):
-    from model import generate_images, generate_text
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={})
@@ -294,9 +296,7 @@ def bench_sample(args):
             print(f"{n:4d} image tokens, batch {args.batch}: MaskGIT T={steps:2d} {r[f'maskgit_T{steps}_s'] * 1e3:8.1f} ms "
                   f"({steps} passes) vs autoregressive {r['ar_s'] * 1e3:8.1f} ms ({n + 1} passes): {speedup:.1f}x")
 
-    torch.manual_seed(0)
-    model = Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=64,
-                              **TRAIN_SIZES["medium"][0])).to(device).eval()
+    model = bench_model("medium", 64, device).eval()
     space = model.space
     prefixes = [space.mmu(torch.arange(64), list(range(16))) for _ in range(args.batch)]  # 84 tokens
     timed = {use: median_time(lambda: generate_text(model, prefixes, 32, use_cache=use, stop_at_eot=False),

@@ -38,8 +38,12 @@ import numpy as np
 import torch
 
 import data
+from data.cifar10 import class_captions
+from data.shapes import parse_caption, prompts_for_category, score
+from model import generate_images, generate_text
+from sample import Pipeline, labelled_grid
 from tokenizer import load_image_tokenizer
-from train import autodetect_device, image_grid, psnr, reconstruct
+from train import CIFAR_QUESTION, autodetect_device, image_grid, psnr, reconstruct
 
 
 def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=None, device="auto",
@@ -60,7 +64,6 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
                   perplexity=round(math.exp(entropy), 1),
                   images_per_s=round(len(ds) / seconds, 1), trained_steps=ckpt.get("step"))
     if dataset == "shapes":
-        from data.shapes import score
         agree = sum(score(img, scene) for img, scene in zip(recon, ds.scenes))
         result["scorer_agreement"] = round(agree / len(ds), 4)
     if grid_path:
@@ -78,7 +81,6 @@ def batched(items, size):
 
 def draw(pipe, prompts, cfg, generator):
     """Text prompts -> uint8 images (N, H, W, 3), in batches."""
-    from model import generate_images
     images = []
     for chunk in batched(prompts, cfg["batch"]):
         codes, _ = generate_images(pipe.model, [pipe.encode_text(p) for p in chunk], steps=cfg["steps"],
@@ -89,7 +91,6 @@ def draw(pipe, prompts, cfg, generator):
 
 def answer(pipe, codes, questions, batch, max_new_tokens=24):
     """Greedy answers (or captions, for empty questions) to one question per image -> strings."""
-    from model import generate_text
     answers = []
     for idx in batched(list(range(len(questions))), batch):
         rows = [pipe.space.mmu(codes[i], pipe.encode_text(questions[i]) if questions[i] else [],
@@ -101,7 +102,6 @@ def answer(pipe, codes, questions, batch, max_new_tokens=24):
 def caption_scene(text):
     """A caption of the shapes grammar -> the key of the scene it fully describes, or None when it
     does not pin every object down (shape, colour, size and cell) or does not parse."""
-    from data.shapes import parse_caption
     try:
         prompt = parse_caption(text)
     except ValueError:
@@ -113,7 +113,6 @@ def caption_scene(text):
 
 
 def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
-    from data.shapes import prompts_for_category, score
     result, examples = {"geneval": {}}, []
     for category in GENEVAL_CATEGORIES:
         prompts = prompts_for_category(category, cfg["prompts"], seed=0)
@@ -125,7 +124,6 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     result["geneval"]["overall"] = round(sum(result["geneval"].values()) / len(GENEVAL_CATEGORIES), 4)
     print(f"geneval {'overall':>14}: {result['geneval']['overall']:.3f}")
     if out_dir:
-        from sample import labelled_grid
         labelled_grid(np.stack([e[0] for e in examples]), [e[1] for e in examples], per_row=8).save(
             os.path.join(out_dir, "samples.png"))
 
@@ -157,19 +155,16 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
 
 def evaluate_classes(pipe, ds, cfg, generator, out_dir):
     """CIFAR-10: classification by asking the trained question, and two samples per class."""
-    from train import CIFAR_QUESTION
     codes = pipe.encode_images(ds.images)
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
     truth = [ds.class_names[label] for label in ds.labels]
     result = {"classification_accuracy": round(sum(a == t for a, t in zip(answers, truth)) / len(ds), 4)}
     print(f"classification by asking {CIFAR_QUESTION!r}: {result['classification_accuracy']:.3f} on {len(ds)} images")
-    from data.cifar10 import class_captions
     stage = pipe.ckpt.get("train_config", {}).get("stage")
     # the prompts the checkpoint was trained on: class names in stage 1, "a photo of an airplane" later
     prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(2)]
     images = draw(pipe, prompts, cfg, generator)
     if out_dir:
-        from sample import labelled_grid
         labelled_grid(images, prompts, per_row=10).save(os.path.join(out_dir, "samples.png"))
     return result
 
@@ -184,7 +179,6 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir):
     prompts = [caps[0] for caps in ds.captions[:n]]
     images = draw(pipe, prompts, cfg, generator)
     if out_dir:
-        from sample import labelled_grid
         labelled_grid(np.concatenate([ds.images[:n], images]), ["(real) " + p for p in prompts] + prompts,
                       per_row=8).save(os.path.join(out_dir, "samples.png"))
     return {"captions": [dict(generated=g, truth=t[0]) for g, t in zip(captions, ds.captions[:n])]}
@@ -192,7 +186,6 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir):
 
 def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=50,
                    steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
-    from sample import Pipeline
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
     split = split or ("val" if dataset == "coco" else "test")

@@ -341,7 +341,6 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
     known = known.to(device)
     to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
     history = []
-    codes = known.clamp(min=0)
     for step in range(steps):
         canvas = torch.where(known >= 0, known + space.image_offset, torch.full_like(known, space.mask))  # (B, n)
         ids[:, slots] = canvas.repeat(len(rows) // B, 1)
