@@ -17,8 +17,12 @@ The world
   - Shapes circle / square / triangle (pointing up); sizes large (11 px box) / small (7 px box);
     6 saturated colours red, green, blue, yellow, purple, cyan; a fixed dark-grey background. Flat
     colours, no antialiasing, so the ground truth is pixel-exact.
-  - Each centre jitters inside its cell (+-1 px large, +-2 px small): centres in the same column (row)
-    differ by <= 4 px, centres in different columns (rows) by >= 12 px.
+  - Each object sits at its cell's centre, so it lines up with the image tokenizer's grid of 4x4-pixel
+    tokens the same way in every cell: one (shape, colour, size) is always the same 4x4 block of
+    tokens, and what a model must learn is which words pick which block, not sub-pixel variants.
+    (Centres jittered by +-1 px (large) and +-2 px (small) made 17x as many pixel patterns per cell;
+    the main job's text-to-image and question answering learned far less in the same minutes: see
+    the README.) Centres in one column (row) are equal, in different columns (rows) 16 px apart.
 
 Caption grammar (what caption() writes and parse_caption() reads; any case, optional final ".")
     caption  := [prefix] phrase (", " phrase)* [" and " phrase]       a list of claims
@@ -36,8 +40,8 @@ Semantics (satisfies):
   - A list is true when each phrase is true on its own. Generated lists never let two phrases describe
     the same object (they differ in shape, colour or cell), so "a circle and a square" means two.
   - "A left of B" = some object matching A has its centre more than 8 px left of a different object
-    matching B (8 px sits between the <= 4 px of one column and the >= 12 px of two); likewise right
-    of / above / below. Relations join two singular phrases.
+    matching B (8 px sits between the 0 px of one column and the 16 px of two, leaving room for a
+    detector's error); likewise right of / above / below. Relations join two singular phrases.
 Categories: GenEval's six (single_object, two_object, counting, colors, position, color_attr) plus
 "description": every object of a 1-2 object scene with size, colour, shape and cell, the most
 informative caption for text-to-image training (capped at 2 objects to keep captions short).
@@ -100,7 +104,6 @@ COLOURS = {                         # far from each other and from the backgroun
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"large": 11, "small": 7}   # side of the bounding box; odd, so the centre is a pixel
-JITTER = {"large": 1, "small": 2}   # max centre offset from the cell centre on each axis, in pixels
 ROWS, COLS = ("top", "bottom"), ("left", "right")
 RELATIONS = ("left of", "right of", "above", "below")
 REL_MARGIN = 8                      # "left of": centre x smaller by more than this (see docstring)
@@ -137,22 +140,20 @@ class Scene:
     objects: tuple  # tuple[Obj, ...], in row-major cell order for sampled scenes
 
     def key(self):
-        """What score() compares: the multiset of (shape, colour, size, row, col), ignoring jitter."""
+        """What score() compares: the multiset of (shape, colour, size, row, col), not exact centres."""
         return tuple(sorted((o.shape, o.colour, o.size, o.row, o.col) for o in self.objects))
 
 
-def _make_obj(shape, colour, size, row, col, rng):
-    j = JITTER[size]
-    return Obj(shape, colour, size, row, col,
-               col * CELL + CELL // 2 + rng.randint(-j, j), row * CELL + CELL // 2 + rng.randint(-j, j))
+def _make_obj(shape, colour, size, row, col):
+    return Obj(shape, colour, size, row, col, col * CELL + CELL // 2, row * CELL + CELL // 2)
 
 
 def sample_scene(rng):
-    """A random scene: 1-4 objects (uniform) in distinct cells, shape, colour and size uniform, centres
-    jittered. rng is a random.Random (much faster per call than numpy for scalar draws)."""
+    """A random scene: 1-4 objects (uniform) in distinct cells, shape, colour and size uniform. rng is
+    a random.Random (much faster per call than numpy for scalar draws)."""
     cells = sorted(rng.sample(range(4), rng.randint(1, 4)))
     return Scene(tuple(_make_obj(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)),
-                                 c // 2, c % 2, rng) for c in cells))
+                                 c // 2, c % 2) for c in cells))
 
 
 @lru_cache(maxsize=None)
@@ -424,7 +425,7 @@ def scene_for_prompt(prompt, rng, tries=200):
                 c = rng.choice(cells)
                 free.remove(c)
                 objs.append(_make_obj(p.shape or rng.choice(SHAPES), p.colour or rng.choice(tuple(COLOURS)),
-                                      p.size or rng.choice(tuple(SIZES)), c // 2, c % 2, rng))
+                                      p.size or rng.choice(tuple(SIZES)), c // 2, c % 2))
         scene = Scene(tuple(sorted(objs, key=lambda o: (o.row, o.col))))
         if satisfies(scene, prompt):
             return scene
@@ -617,7 +618,7 @@ def score(image, target):
 
 def _in_test_split(scene):
     """Split by a hash of the exact scene (with centres), so no test image ever appears in train even
-    though the world is small (a one-object scene is one of only 2448)."""
+    though the world is small (a one-object scene is one of only 144)."""
     exact = tuple((o.shape, o.colour, o.size, o.cx, o.cy) for o in scene.objects)
     return zlib.crc32(repr(exact).encode()) % TEST_BUCKETS == 0
 

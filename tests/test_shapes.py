@@ -58,8 +58,8 @@ def test_test_images_never_appear_in_train(train):
     assert len(train) == 20000 and len(test) == 1000
     train_images = {image.tobytes() for image in train.images}
     assert not any(image.tobytes() in train_images for image in test.images)
-    # repeats happen only among one-object scenes: the held-out tenth of the world has ~245 of them
-    assert len({image.tobytes() for image in test.images}) > 850
+    # repeats happen among one- and two-object scenes: the held-out tenth of the world has ~14 and ~780
+    assert len({image.tobytes() for image in test.images}) > 650
 
 
 def test_palette_colours_are_far_apart_and_from_the_background():
