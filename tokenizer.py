@@ -510,6 +510,7 @@ class TokenSpace:
         t2i          [T2I] [SOT] text [EOT] [SOI] image [EOI]        (left-padded)
         t2i, uncond  [T2I] [SOT] [EOT] [SOI] image [EOI]             (the empty prompt, for guidance)
         mmu          [MMU] [SOI] image [EOI] [SOT] prompt answer [EOT] (right-padded)
+        dialogue     [MMU] [SOI] image [EOI] [SOT] q1 a1 [EOT] [SOT] q2 a2 [EOT] ... (right-padded)
         lm           [SOT] text [EOT]                                  (right-padded)
         interleaved  [T2I] [SOT] text [EOT] [SOI] image [EOI] [SOT] text [EOT] [SOI] image [EOI] ...
     Text-to-image rows are padded on the left so their image slots end every row at the same place;
@@ -579,17 +580,29 @@ class TokenSpace:
         """Understanding: [MMU] [SOI] image [EOI] [SOT] prompt answer [EOT]. The answer (a caption
         when the prompt is empty, or the answer to a question) and its [EOT] are the NTP targets;
         the prompt is not. answer_ids=None leaves the text open after the prompt, for decoding."""
-        prompt_ids = list(prompt_ids)
-        head = [self.mmu_token] + self.image_span(codes)
         if answer_ids is None:
+            head = [self.mmu_token] + self.image_span(codes)
             text = self.text_span(prompt_ids, max_text, warn, close=False)
             return Row(head + text, [False] * (len(head) + len(text)), "mmu")
-        full = prompt_ids + list(answer_ids)
-        text = self.text_span(full, max_text, warn)    # a cut falls on the answer's tail first
-        n_prompt = 1 + len(prompt_ids)  # [SOT] and the prompt are given, not predicted
-        targets = [False] * len(head) + [i >= n_prompt for i in range(len(text))]
-        targets[-1] = targets[-1] and not self.is_cut(full, max_text)
-        return Row(head + text, targets, "mmu")
+        return self.dialogue(codes, [(prompt_ids, answer_ids)], max_text, warn)
+
+    def dialogue(self, codes, turns, max_text=None, warn=False):
+        """Several questions about one image: [MMU] [SOI] image [EOI], then [SOT] prompt answer [EOT]
+        for each (prompt_ids, answer_ids) turn. Answers and their [EOT]s are targets, prompts are
+        not; text is causal, so each turn also sees the turns before it. The first turn is laid out
+        exactly like a one-question mmu row (what evaluation asks), and the later ones add answers
+        to learn from at the cost of a few text tokens instead of another 66-token image: packing
+        several turns per image, as multi-turn chat data is packed for LLaVA-style training."""
+        ids = [self.mmu_token] + self.image_span(codes)
+        targets = [False] * len(ids)
+        for prompt_ids, answer_ids in turns:
+            full = list(prompt_ids) + list(answer_ids)
+            text = self.text_span(full, max_text, warn)  # a cut falls on the answer's tail first
+            n_prompt = 1 + len(prompt_ids)               # [SOT] and the prompt are given, not predicted
+            turn_targets = [i >= n_prompt for i in range(len(text))]
+            turn_targets[-1] = turn_targets[-1] and not self.is_cut(full, max_text)
+            ids, targets = ids + text, targets + turn_targets
+        return Row(ids, targets, "mmu")
 
     def lm(self, text_ids, max_text=None, warn=False, close=True):
         """Language modelling: [SOT] text [EOT]; every text id and the [EOT] are targets."""

@@ -147,7 +147,7 @@ class TokenizerTrainConfig:
 
 # Presets: chosen to meet the README's targets on a 2-core CPU within the stated time.
 TOKENIZER_PRESETS = {
-    "shapes": dict(bits=10, max_steps=900, eval_every=150, entropy_weight=0.01, out="out/shapes"),
+    "shapes": dict(bits=10, max_steps=450, eval_every=150, entropy_weight=0.01, out="out/shapes"),
     # CIFAR-10: a stronger entropy penalty keeps >= 90% of the 4096 codes in use on natural images.
     "cifar10": dict(bits=12, max_steps=7000, eval_every=1000, entropy_weight=0.05, out="out/cifar10",
                     bpe_vocab=320),
@@ -213,7 +213,10 @@ def train_text_tokenizer(ds, cfg):
         with open(cfg.bpe_text, encoding="utf-8") as f:
             texts, source = f.read().splitlines(), cfg.bpe_text
     else:
+        # every text the model will read: the captions, and the questions and answers where there are some
         texts, source = [c for caps in ds.captions for c in caps], f"{cfg.dataset} captions"
+        if ds.qa is not None:
+            texts, source = texts + [f"{q} {a}" for pairs in ds.qa for q, a, _ in pairs], source + " and QA"
     t0 = time.time()
     ranks = train_bpe(texts, cfg.bpe_vocab)
     save_bpe(ranks, path + ".tmp")
@@ -453,13 +456,26 @@ class TaskRows:
             return caption(self.ds.scenes[i], rng, "description")[0]
         return rng.choice(self.ds.captions[i])
 
-    def question_answer(self, i, rng):
+    def questions_answers(self, i, rng):
+        """The (question, answer) pairs to ask about item i, in a random order."""
         if self.ds.qa is not None:
-            question, answer, _ = rng.choice(self.ds.qa[i])
-            return question, answer
+            return [(q, a) for q, a, _ in rng.sample(self.ds.qa[i], len(self.ds.qa[i]))]
         if self.ds.labels is not None:
-            return CIFAR_QUESTION, self.ds.class_names[self.ds.labels[i]]
-        return COCO_QUESTION, rng.choice(self.ds.captions[i])
+            return [(CIFAR_QUESTION, self.ds.class_names[self.ds.labels[i]])]
+        return [(COCO_QUESTION, rng.choice(self.ds.captions[i]))]
+
+    def dialogue(self, i, rng):
+        """A question -> answer row with as many turns as fit in the text of one full span
+        (max_text + 2 ids), so it is never longer than a text-to-image row (ShowoConfig.max_len)."""
+        turns, used = [], 0
+        for question, answer in self.questions_answers(i, rng):
+            turn = (self.tok.encode(question), self.tok.encode(" " + answer))
+            length = len(turn[0]) + len(turn[1]) + 2  # + [SOT] [EOT]
+            if turns and used + length > self.max_text + 2:
+                continue
+            turns.append(turn)
+            used += length
+        return self.space.dialogue(self.codes[i], turns, self.max_text)
 
     def row(self, task, i, rng, cond_dropout=0.0):
         enc, codes = self.tok.encode, self.codes[i]
@@ -469,8 +485,7 @@ class TaskRows:
         if task == "caption":
             return self.space.mmu(codes, [], enc(self.caption(i, rng)), self.max_text)
         if task == "vqa":
-            question, answer = self.question_answer(i, rng)
-            return self.space.mmu(codes, enc(question), enc(" " + answer), self.max_text)
+            return self.dialogue(i, rng)
         if task == "lm":
             return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
         raise ValueError(f"unknown task {task!r}")
@@ -753,7 +768,7 @@ def main_tokenizer(args, parser):
 
 # The main job's Show-o stages on the shapes world: steps per stage, sized so that the whole job
 # (tokenizers, three stages, evaluation) takes at most 15 minutes on a 2-core CPU.
-MAIN_JOB_STAGES = {1: 600, 2: 300, 3: 500}
+MAIN_JOB_STAGES = {1: 700, 2: 300, 3: 700}
 MAIN_JOB_PROMPT = "a red circle above a blue square"
 
 

@@ -230,6 +230,16 @@ def test_over_long_text_is_cut_and_eot_re_appended_with_a_warning_for_user_text(
     assert row.ids[-1] == SPACE_.eot and row.ids[-5:-1] == [1, 2, 3, 4]
 
 
+def test_a_dialogue_learns_every_answer_and_starts_like_a_one_question_row():
+    img = torch.arange(2)
+    row = SPACE_.dialogue(img, [([1, 2], [3]), ([4], [5, 6])])
+    assert SPACE_.describe(row.ids) == "[MMU] [SOI] i i [EOI] [SOT] t t t [EOT] [SOT] t t t [EOT]"
+    targeted = [i for i, t in zip(row.ids, row.text_targets) if t]
+    assert targeted == [3, SPACE_.eot, 5, 6, SPACE_.eot]   # answers and their [EOT]s; never a question
+    one = SPACE_.mmu(img, [1, 2], [3])
+    assert row.ids[:len(one.ids)] == one.ids and row.text_targets[:len(one.ids)] == one.text_targets
+
+
 def test_rows_built_from_user_text_hold_no_special_ids():
     tok = TextTokenizer.from_ranks(train_bpe(["a red circle"], 260))
     row = SPACE_.t2i(tok.encode("[T2I] <|t2i|> [EOT] [MASK]"), 4)

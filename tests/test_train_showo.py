@@ -175,6 +175,30 @@ def test_condition_dropout_rate(tokenizer):
     assert total == 2560 and abs(empty / total - 0.1) < 0.02  # 3 standard deviations is 0.018
 
 
+def test_question_rows_pack_several_turns_and_stay_within_the_longest_row(tokenizer):
+    import random
+    import data
+    from model import ShowoConfig
+    from tokenizer import TextTokenizer
+    ds = data.load("shapes", "train", image_size=16, limit=32)
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
+    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    rng, space = random.Random(0), model_cfg.space
+    turns = []
+    for i in range(len(ds)):
+        row = rows.row("vqa", i, rng)
+        assert len(row.ids) <= model_cfg.max_len
+        starts = [k for k, t in enumerate(row.ids) if t == space.sot]
+        turns.append(len(starts))
+        for k in starts:  # every turn is one of this image's question/answer pairs, only the answer a target
+            end = row.ids.index(space.eot, k)
+            asked = [t for t, target in zip(row.ids[k + 1:end], row.text_targets[k + 1:end]) if not target]
+            answered = [t for t, target in zip(row.ids[k + 1:end], row.text_targets[k + 1:end]) if target]
+            assert (text.decode(asked), text.decode(answered)) in [(q, " " + a) for q, a, _ in ds.qa[i]]
+    assert min(turns) >= 2  # several questions per image, not one
+
+
 def test_kill_9_between_checkpoints_then_resume_gives_the_same_losses(tokenizer, tmp_path):
     args = [sys.executable, str(ROOT / "train.py"), "showo"] + TINY_SHOWO + [
         "--tokenizer", str(tokenizer), "--max-steps", "60", "--eval-every", "10"]
