@@ -112,6 +112,19 @@ def caption_scene(text):
     return tuple(sorted((p.shape, p.colour, p.size, p.row, p.col) for p in prompt.phrases))
 
 
+# The shapes world is small (a tenth of its 144 one-object scenes is held out), so test images repeat:
+# each distinct (scene, question) is asked once, and each distinct scene is captioned once.
+def distinct_questions(ds):
+    """-> [(image index, question, answer, question type)], one per distinct (scene, question)."""
+    return list({(s.key(), q): (i, q, a, t) for i, (s, qa) in enumerate(zip(ds.scenes, ds.qa))
+                 for q, a, t in qa}.values())
+
+
+def describable_scenes(ds):
+    """-> indices of one image per distinct scene of 1-2 objects (what full descriptions cover)."""
+    return list({s.key(): i for i, s in enumerate(ds.scenes) if len(s.objects) <= 2}.values())
+
+
 def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     result, examples = {"geneval": {}}, []
     for category in GENEVAL_CATEGORIES:
@@ -128,10 +141,7 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
             os.path.join(out_dir, "samples.png"))
 
     codes = pipe.encode_images(ds.images)
-    # The world is small (a tenth of its ~144 one-object scenes is held out), so test images repeat:
-    # each distinct (scene, question) is asked once, and each distinct scene captioned once.
-    pairs = list({(s.key(), q): (i, q, a, t) for i, (s, qa) in enumerate(zip(ds.scenes, ds.qa))
-                  for q, a, t in qa}.values())
+    pairs = distinct_questions(ds)
     answers = answer(pipe, codes[[i for i, _, _, _ in pairs]], [q for _, q, _, _ in pairs], cfg["batch"], 6)
     by_type = {}
     for (_, _, truth, qtype), got in zip(pairs, answers):
@@ -145,7 +155,7 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     print(f"vqa {result['vqa']:.3f} by type {result['vqa_by_type']}; pope {result['pope']:.3f} "
           f"(answered yes {result['pope_yes_ratio']:.2f}, truth yes 0.50)")
 
-    describable = list({s.key(): i for i, s in enumerate(ds.scenes) if len(s.objects) <= 2}.values())
+    describable = describable_scenes(ds)
     captions = answer(pipe, codes[describable], [""] * len(describable), cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
     hits = [caption_scene(c) == ds.scenes[i].key() for i, c in zip(describable, captions)]
     result["caption_exact"] = round(sum(hits) / len(hits), 4) if hits else None

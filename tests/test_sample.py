@@ -163,8 +163,8 @@ def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lo
     ds = load("shapes", "test", limit=30)
     monkeypatch.setattr(evaluate, "draw", lambda pipe, prompts, cfg, g: np.stack(
         [render(scene_for_prompt(p, rng)) for p in prompts]))
-    truths = [a for qa in ds.qa for _, a, _ in qa]
-    describable = [i for i, s in enumerate(ds.scenes) if len(s.objects) <= 2]
+    truths = [a for _, _, a, _ in evaluate.distinct_questions(ds)]
+    describable = evaluate.describable_scenes(ds)
     descriptions = [caption(ds.scenes[i], rng, "description")[0] for i in describable]
 
     def oracle(pipe, codes, questions, batch, max_new_tokens=24):
