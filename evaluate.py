@@ -18,11 +18,12 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   counting, colours, position, colour attribution) a fixed, seeded list of prompts from the world's
   grammar (data.shapes.prompts_for_category) is drawn by MaskGIT and each image is judged by the
   world's scorer; overall = the mean of the six. VQA accuracy (exact answer) per question type on
-  held-out images (vqa = the mean over colour, shape, count and position questions), POPE-style
+  held-out images, each distinct (scene, question) asked once (vqa = the mean over colour, shape,
+  count and position questions), POPE-style
   yes/no existence accuracy (balanced yes/no, with the share of "yes" answers), and caption
   exact-match: the greedy caption of a held-out image is parsed by the world's grammar and must
-  name exactly the image's objects with shape, colour, size and cell (on images of 1-2 objects,
-  the scenes the grammar's full descriptions cover).
+  name exactly the image's objects with shape, colour, size and cell (on one image per distinct
+  scene of 1-2 objects, the scenes the grammar's full descriptions cover).
 - cifar10: classification by asking "what is this?" of every test image (the question stage 3
   trains on; accuracy of the answer against the class name) and a class-conditional sample grid.
 - coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
