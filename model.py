@@ -43,6 +43,7 @@ class ShowoConfig:
     max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
     image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
+    image_positions: bool = True   # add a learned embedding of each image token's grid slot (not in the paper)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -74,6 +75,15 @@ def apply_rope(x, cos, sin):
     left padding (text-to-image rows) shifts nothing."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, D/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def image_slot_index(ids, space):
+    """(B, L) ids -> (B, L) int64: i at the i-th token (0-based, row-major on the tokenizer's grid)
+    of every image span, whether it holds a code or [MASK]; -1 elsewhere ([SOI]/[EOI] included)."""
+    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)                # (B, L)
+    last_soi = torch.where(ids == space.soi, pos, torch.full_like(pos, -1)).cummax(1).values
+    inside = (image_span_index(ids, space) > 0) & (ids != space.soi) & (ids != space.eoi)
+    return torch.where(inside, pos - last_soi - 1, torch.full_like(pos, -1))
 
 
 # -----------------------------------------------------------------------------
@@ -144,6 +154,11 @@ class Showo(nn.Module):
         self.cfg = cfg
         self.space = cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
+        # RoPE only tells a token how far away another is along the flattened sequence, so an image
+        # token cannot tell which row and column of the grid it sits in ("top left") without first
+        # finding [SOI]. A learned embedding per grid slot, added to image tokens only (as MaskGIT
+        # and MUSE do), hands it that position; Show-o's LLM has none (see the README).
+        self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
@@ -189,6 +204,9 @@ class Showo(nn.Module):
         positions = torch.arange(past, past + L, device=ids.device)
         rope = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
         x = self.embed(ids)  # (B, L, C)
+        if self.image_pos is not None:
+            slot = image_slot_index(ids, self.space)                                   # (B, L), -1 off images
+            x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]
         for block in self.blocks:
             x = block(x, mask, rope, cache)
         logits = self.head(self.norm(x))  # (B, L, V)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (IGNORE, SelfAttention, Showo, ShowoConfig, apply_rope, joint_loss, mask_image_tokens,
-                   optimizer_groups, rope_tables, task_losses, training_labels)
+from model import (IGNORE, SelfAttention, Showo, ShowoConfig, apply_rope, image_slot_index, joint_loss,
+                   mask_image_tokens, optimizer_groups, rope_tables, task_losses, training_labels)
 
 CFG = ShowoConfig(text_vocab_size=20, codebook_size=16, n_layer=2, n_head=4, n_embd=32)
 SPACE = CFG.space
@@ -75,6 +75,19 @@ def test_left_padding_changes_nothing_for_the_real_tokens():
         b, _ = model(ids5)
     assert torch.isfinite(b).all()                  # padded positions give no NaN either
     torch.testing.assert_close(b[:, 5:], a, atol=1e-5, rtol=1e-4)
+
+
+def test_image_slots_count_grid_positions_inside_each_image_only():
+    img = torch.arange(4)  # a 2x2 grid
+    rows = [SPACE.t2i([1, 2], 4),                                 # a canvas of [MASK]s: still slots 0..3
+            SPACE.mmu(img, [3], [4]), SPACE.interleaved([[1], img, [2], img])]
+    ids, _, _ = SPACE.pad_rows(rows)
+    slot = image_slot_index(ids, SPACE)
+    for b, row in enumerate(rows):
+        pos = torch.arange(len(row.ids)) + (ids.shape[1] - len(row.ids) if row.task == "t2i" else 0)
+        body = [int(p) for p in pos if ids[b, p] == SPACE.mask or SPACE.is_image_code(ids[b, p])]
+        assert slot[b, body].tolist() == [0, 1, 2, 3] * (len(body) // 4)       # every image restarts at 0
+        assert (slot[b, [p for p in range(ids.shape[1]) if p not in body]] == -1).all()  # text, specials, pad
 
 
 def batch(rows, seed=0):
@@ -152,7 +165,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     decay, no_decay = optimizer_groups(model, 0.1)
     decayed = {id(p) for p in decay["params"]}
     for name, p in model.named_parameters():
-        expect = name.endswith("weight") and "norm" not in name and not name.startswith("embed")
+        expect = name.endswith("weight") and "norm" not in name and not name.startswith(("embed", "image_pos"))
         assert (id(p) in decayed) == expect, name
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
