@@ -43,7 +43,7 @@ class ShowoConfig:
     max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
     image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
-    image_positions: bool = True   # add a learned embedding of each image token's grid slot (not in the paper)
+    image_positions: bool = True   # [MASK] slots get a learned embedding of their grid slot (not in the paper)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -154,10 +154,13 @@ class Showo(nn.Module):
         self.cfg = cfg
         self.space = cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
-        # RoPE only tells a token how far away another is along the flattened sequence, so an image
-        # token cannot tell which row and column of the grid it sits in ("top left") without first
-        # finding [SOI]. A learned embedding per grid slot, added to image tokens only (as MaskGIT
-        # and MUSE do), hands it that position; Show-o's LLM has none (see the README).
+        # A canvas of [MASK]s is 64 copies of one id: RoPE only tells them how far apart they are
+        # along the flattened row, so a masked slot cannot tell which row and column of the grid it
+        # fills ("top left") without first finding [SOI]. A learned embedding per grid slot, added to
+        # [MASK] tokens only, hands it that. Known codes stay position-free: adding it to every image
+        # token (as MaskGIT does) helped captions too, but then this small model never learned to
+        # compare a question with the image ("is there a red circle?" stayed at chance), while with
+        # one object embedded the same wherever it sits it did (README). Show-o's LLM has none.
         self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
@@ -206,6 +209,7 @@ class Showo(nn.Module):
         x = self.embed(ids)  # (B, L, C)
         if self.image_pos is not None:
             slot = image_slot_index(ids, self.space)                                   # (B, L), -1 off images
+            slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))  # [MASK] slots only
             x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]
         for block in self.blocks:
             x = block(x, mask, rope, cache)

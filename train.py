@@ -346,6 +346,7 @@ class ShowoTrainConfig:
     n_head: int = 4               # attention heads (QK-Norm per head)
     n_embd: int = 256             # width
     max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
+    rope_only: bool = False       # no learned image slot positions, RoPE only (the paper's model)
     # the batch: fractions of its rows per task (they are normalised to sum to 1)
     t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
     caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
@@ -595,7 +596,8 @@ def train_showo(cfg):
     digest, text_digest = file_digest(cfg.tokenizer), file_digest(text_path)
     model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
-                            image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention)
+                            image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention,
+                            image_positions=not cfg.rope_only)
     del image_tok
 
     # Data: images become codes once (cached); rows are built per step from codes and text.

@@ -90,6 +90,19 @@ def test_image_slots_count_grid_positions_inside_each_image_only():
         assert (slot[b, [p for p in range(ids.shape[1]) if p not in body]] == -1).all()  # text, specials, pad
 
 
+def test_slot_positions_reach_masked_slots_only():
+    # known codes (understanding rows, the visible part of a canvas) embed the same in every slot;
+    # only a [MASK] learns where it is
+    model, rope_only = tiny_model(image_tokens=4), tiny_model(image_tokens=4, image_positions=False)
+    rope_only.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("image_pos")})
+    img = torch.tensor([3, 1, 4, 1])
+    for row, changed in ((SPACE.mmu(img, [1, 2]), False), (SPACE.t2i([1, 2], img), False),
+                         (SPACE.t2i([1, 2], 4), True)):
+        ids, _, _ = SPACE.pad_rows([row])
+        with torch.no_grad():
+            assert torch.allclose(model(ids)[0], rope_only(ids)[0]) != changed, row.ids
+
+
 def batch(rows, seed=0):
     ids, text_targets, task = SPACE.pad_rows(rows)
     inputs, masked = mask_image_tokens(ids, task, SPACE, torch.Generator().manual_seed(seed))
