@@ -16,7 +16,8 @@ masked image positions and the text targets; `joint_loss` weights them (section 
 Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, RoPE positions, and
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
-of very different statistics share one softmax.
+of very different statistics share one softmax. One addition of ours: each [MASK] slot of an image
+also gets a learned embedding of its place on the tokenizer's grid (Showo.__init__ says why).
 """
 import math
 from dataclasses import asdict, dataclass
