@@ -384,8 +384,9 @@ SHOWO_STAGES = {
 }
 # shapes: at a CPU budget of minutes a narrow model that takes more steps learns more than a wide one
 # (held-out text-to-image loss after ~2.5 min of stage 1: width 256, 150 steps 1.81; width 192,
-# 250 steps 1.70; width 128, 450 steps 1.58; all at lr 3e-3). With image slot positions lr 5e-3 beat
-# 3e-3 (held-out text-to-image loss after 300 steps 0.67 vs 0.70).
+# 250 steps 1.70; width 128, 450 steps 1.58; all at lr 3e-3). With learned grid positions (then on every
+# image token, now on [MASK] slots only) lr 5e-3 beat 3e-3: held-out text-to-image loss after 300
+# steps 0.67 vs 0.70.
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3), "cifar10": dict(max_steps=2000),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
@@ -629,7 +630,7 @@ def train_showo(cfg):
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
-            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-* options")
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-* and --rope-only options")
         model = init_model
         print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
               f"step {init_ckpt.get('step')})")
