@@ -68,9 +68,9 @@ def exact_batch_entropy(lfq, z):
 
 def test_bit_group_entropy_matches_exact_where_it_should():
     torch.manual_seed(0)
-    z = torch.randn(64, 8) * 0.02  # soft assignments, |z| ~ tau, so every term matters
-    one_group = LFQ(8, entropy_group_bits=8)
-    four_groups = LFQ(8, entropy_group_bits=2)
+    z = torch.randn(64, 7) * 0.02  # soft assignments, |z| ~ tau, so every term matters
+    one_group = LFQ(7, entropy_group_bits=7)  # its mean: a (2^4, 2^3) product of half-code tables
+    four_groups = LFQ(7, entropy_group_bits=2)  # groups of 2, 2, 2 and 1 bits
     exact = exact_batch_entropy(one_group, z)
     # One group of all bits is exact.
     assert torch.allclose(one_group.entropy_penalty(z)[2], exact, rtol=1e-4)
@@ -80,7 +80,7 @@ def test_bit_group_entropy_matches_exact_where_it_should():
     single = z[:1]
     assert torch.allclose(four_groups.entropy_penalty(single)[2], exact_batch_entropy(one_group, single), rtol=1e-4)
     # The per-token term uses the per-bit factorisation; check it against the definition too.
-    codes = one_group.indices_to_codes(torch.arange(256))
+    codes = one_group.indices_to_codes(torch.arange(2 ** 7))
     p = torch.softmax(-torch.cdist(z, codes) ** 2 / one_group.tau, dim=-1)
     per_token_exact = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
     assert torch.allclose(four_groups.entropy_penalty(z)[1], per_token_exact, rtol=1e-3)
