@@ -126,6 +126,7 @@ class TokenizerTrainConfig:
     channels: str = "64,128"      # encoder/decoder widths from H/2 down (2 levels = 4x downsampling)
     res_blocks: int = 1           # residual blocks per resolution
     entropy_weight: float = 0.02  # weight of LFQ's entropy penalty (codebook use vs reconstruction)
+    entropy_tokens: int = 1024    # tokens per step sampled for the penalty's batch-mean code distribution
     mse_weight: float = 1.0       # reconstruction loss = mse_weight * MSE + l1_weight * L1
     l1_weight: float = 0.0        # (pixels in [-1, 1]); e.g. --mse-weight 0 --l1-weight 1 for L1 only
     # optimisation
@@ -148,9 +149,11 @@ class TokenizerTrainConfig:
 # Presets: chosen to meet the README's targets on a 2-core CPU within the stated time.
 TOKENIZER_PRESETS = {
     "shapes": dict(bits=10, max_steps=450, eval_every=150, entropy_weight=0.01, out="out/shapes"),
-    # CIFAR-10: a stronger entropy penalty keeps >= 90% of the 4096 codes in use on natural images.
-    "cifar10": dict(bits=12, max_steps=7000, eval_every=1000, entropy_weight=0.05, out="out/cifar10",
-                    bpe_vocab=320),
+    # CIFAR-10: a stronger entropy penalty, taken over every token of the batch, keeps >= 90% of the
+    # codes in use on natural images. K = 14 beat K = 12 by 0.45 dB; K = 16 by 0.4 dB more, but left
+    # 22% of its 65,536 codes unused (README, "Results").
+    "cifar10": dict(bits=14, entropy_tokens=4096, max_steps=7000, eval_every=1000, entropy_weight=0.05,
+                    out="out/cifar10", bpe_vocab=320),
     # Photos like CIFAR-10's; these two presets are smoke-tested only, not tuned.
     "coco": dict(bits=12, max_steps=3000, entropy_weight=0.05, out="out/coco", bpe_vocab=2048),
     "folder": dict(bits=12, max_steps=3000, entropy_weight=0.05, out="out/folder"),
@@ -256,6 +259,7 @@ def train_tokenizer(cfg):
     model_cfg = ImageTokenizerConfig(image_size=cfg.image_size, codebook_bits=cfg.bits,
                                      channels=tuple(int(c) for c in cfg.channels.split(",")),
                                      res_blocks=cfg.res_blocks, entropy_weight=cfg.entropy_weight,
+                                     entropy_tokens=cfg.entropy_tokens,
                                      mse_weight=cfg.mse_weight, l1_weight=cfg.l1_weight)
     model, ckpt, step = ImageTokenizer(model_cfg), None, 0
     if cfg.resume and os.path.exists(ckpt_path):
