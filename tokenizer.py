@@ -230,8 +230,9 @@ class LFQ(nn.Module):
         """(N, b) per-bit log-probabilities -> (N, 2^b) probabilities of each b-bit code, codes
         enumerated with bit 0 least significant (the index order)."""
         b = log_p1.shape[1]
-        table = ((torch.arange(2 ** b, device=log_p1.device).unsqueeze(0) // self.powers[:b].unsqueeze(1)) % 2).float()
-        return (log_p1 @ table + log_p0 @ (1 - table)).exp()  # table: (b, 2^b) bit values
+        codes = self.indices_to_codes(torch.arange(2 ** b, device=log_p1.device))[:, :b]  # (2^b, b) in {-1, +1}
+        table = (codes.T + 1) / 2  # (b, 2^b) bit values in {0, 1}
+        return (log_p1 @ table + log_p0 @ (1 - table)).exp()
 
     def forward(self, z):
         """z: (B, K, h, w). Returns q (B, K, h, w) with straight-through gradients, indices (B, h, w),
