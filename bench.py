@@ -20,9 +20,10 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 laid out like the main job's (half text-to-image rows, 40% captioning, 10% language modelling; 8x8
 images, 16-token texts) at a small and a medium model size: ms per step, tokens/s and peak memory,
 against the same model and batch with a plain causal mask (SDPA's is_causal path), and the achieved
-FLOP/s as a fraction of this machine's measured fp32 matmul peak. FLOPs per step are counted as
-6 x (parameters in matrices, head included) x tokens + 12 x layers x width x length x tokens for
-the attention scores and their weighted sums (forward 1x, backward 2x).
+FLOP/s as a fraction of this machine's measured matmul rate (fp32; bf16 on CUDA, where training
+runs under bf16 autocast). FLOPs per step are counted as 6 x (parameters in matrices, head
+included) x tokens + 12 x layers x width x length x tokens for the attention scores and their
+weighted sums (forward 1x, backward 2x).
 
 `sample` times generation on the main job's model size (random weights: speed does not depend on
 what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
@@ -261,7 +262,7 @@ def autoregressive_images(model, prompts, generator):
         row.text_targets.pop()
     ids, _, _ = space.pad_rows(rows, left=True)
     cache = KVCache()
-    logits, _ = model(ids, cache=cache)
+    logits, _ = model(ids.to(next(model.parameters()).device), cache=cache)
     codes = []
     for _ in range(n):
         code = sample_next(logits[:, -1, space.image_offset:space.mask], 1.0, None, generator)
