@@ -17,17 +17,12 @@ import train
 from conftest import TINY_SHOWO, TINY_TOKENIZER
 from data import load
 from model import KVCache, Showo, ShowoConfig, generate_text
+from test_sampling import prefixes  # captions and plain text of three lengths in one batch
 from tokenizer import images_to_tensor, load_image_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a CUDA device")
 
 CFG = ShowoConfig(text_vocab_size=30, codebook_size=16, n_layer=2, n_head=2, n_embd=64, image_tokens=16)
-
-
-def prefixes(space):
-    """Captioning, a prompt-less caption and plain text: three lengths and layouts in one batch."""
-    image = torch.arange(16)
-    return [space.mmu(image, [1, 2, 3, 4, 5]), space.mmu(image.flip(0), []), space.lm([6, 7], close=False)]
 
 
 def test_compiled_model_gives_the_eager_logits():
