@@ -17,7 +17,8 @@ Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, 
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
 of very different statistics share one softmax. One addition of ours: each [MASK] slot of an image
-also gets a learned embedding of its place on the tokenizer's grid (Showo.__init__ says why).
+also gets a learned embedding of its place on the tokenizer's grid (Showo.__init__ says why); an
+option of ours: 2D RoPE for image tokens (rope_positions).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -45,10 +46,13 @@ class ShowoConfig:
     image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
     image_positions: bool = True   # [MASK] slots get a learned embedding of their grid slot (not in the paper)
+    rope_2d: bool = False          # image tokens rotate by (row, column), text by its index (not in the paper)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} must split into {self.n_head} heads of even size (for RoPE)")
+        if self.rope_2d and math.isqrt(self.image_tokens) ** 2 != self.image_tokens:
+            raise ValueError(f"2D RoPE needs a square grid of image tokens, not {self.image_tokens}")
 
     @property
     def space(self):
@@ -63,10 +67,14 @@ class ShowoConfig:
 # -----------------------------------------------------------------------------
 # Positions: rotary embeddings (RoFormer, arXiv 2104.09864)
 
-def rope_tables(positions, head_dim, base):
-    """positions (L,) -> cos, sin of shape (L, head_dim/2): angle position * base^(-2i/head_dim)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (L, D/2)
+def rope_tables(y, x, head_dim, base):
+    """Token positions y, x (..., L) -> cos, sin of shape (..., L, head_dim/2). Pair i of a head's
+    channels turns by angle y * f_i when i is even and x * f_i when i is odd, f_i = base^(-2i/head_dim),
+    so each axis gets every other frequency of the whole range. With y = x = the index in the
+    sequence this is plain 1D RoPE; rope_positions gives image tokens their row and column instead."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=y.device).float() / head_dim)  # (D/2,)
+    even = torch.arange(head_dim // 2, device=y.device) % 2 == 0                              # (D/2,)
+    angles = torch.where(even, y.float()[..., None] * inv_freq, x.float()[..., None] * inv_freq)  # (..., L, D/2)
     return angles.cos(), angles.sin()
 
 
@@ -76,6 +84,26 @@ def apply_rope(x, cos, sin):
     left padding (text-to-image rows) shifts nothing."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, D/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rope_positions(ids, space, grid, past=0, two_d=True):
+    """(B, L) ids -> rotary positions y, x (B, L), each (B, L) int64. Every token but an image's:
+    its index n in the sequence on both axes (1D RoPE, as in Show-o). With two_d, the i-th token of
+    an image (code or [MASK]) sits at (first + i // grid, first + i % grid), first = the index of the
+    image's first token. A query then scores a key by (rows apart, columns apart) inside an image,
+    so "the cell to my right" or "the top left of the image" is one direction of the rotation, where
+    along the flattened row (1D) the token below is as far away as the token `grid` places to the
+    right. Text after an image still sits after all of it (n >= first + grid^2 > first + grid - 1),
+    and left padding shifts y and x alike, so nothing depends on it. Our option (`--rope-2d`); the
+    paper's LLM has 1D positions only.
+    `past`: tokens already in a KV cache (decoding adds text only, which needs no image slots)."""
+    B, L = ids.shape
+    n = torch.arange(past, past + L, device=ids.device).expand(B, L)                # (B, L)
+    if not two_d:
+        return n, n
+    slot = image_slot_index(ids, space)                                              # (B, L), -1 off images
+    first, inside = n - slot, slot >= 0
+    return torch.where(inside, first + slot // grid, n), torch.where(inside, first + slot % grid, n)
 
 
 def image_slot_index(ids, space):
@@ -205,8 +233,9 @@ class Showo(nn.Module):
         if cache is not None:
             visible = ids != self.space.pad
             cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
-        positions = torch.arange(past, past + L, device=ids.device)
-        rope = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        pos_y, pos_x = rope_positions(ids, self.space, math.isqrt(self.cfg.image_tokens), past, self.cfg.rope_2d)
+        cos, sin = rope_tables(pos_y, pos_x, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (B, L, D/2) each
+        rope = cos[:, None], sin[:, None]  # (B, 1, L, D/2): one table per row, shared by the heads
         x = self.embed(ids)  # (B, L, C)
         if self.image_pos is not None:
             slot = image_slot_index(ids, self.space)                                   # (B, L), -1 off images

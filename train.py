@@ -351,6 +351,7 @@ class ShowoTrainConfig:
     n_embd: int = 256             # width
     max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
     rope_only: bool = False       # no learned image slot positions, RoPE only (the paper's model)
+    rope_2d: bool = False         # image tokens get 2D (row, column) RoPE, not 1D as in the paper
     # the batch: fractions of its rows per task (they are normalised to sum to 1)
     t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
     caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
@@ -602,7 +603,7 @@ def train_showo(cfg):
     model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
                             image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention,
-                            image_positions=not cfg.rope_only)
+                            image_positions=not cfg.rope_only, rope_2d=cfg.rope_2d)
     del image_tok
 
     # Data: images become codes once (cached); rows are built per step from codes and text.
@@ -634,7 +635,7 @@ def train_showo(cfg):
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
-            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-* and --rope-only options")
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only and --rope-2d options")
         model = init_model
         print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
               f"step {init_ckpt.get('step')})")

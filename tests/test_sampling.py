@@ -16,6 +16,13 @@ def model():
     return Showo(CFG).eval()
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["rope-1d", "rope-2d"])
+def either_rope(request):
+    """The model with 1D RoPE (the paper's) and with 2D RoPE on image tokens (--rope-2d)."""
+    torch.manual_seed(0)
+    return Showo(ShowoConfig(**{**CFG.__dict__, "rope_2d": request.param})).eval()
+
+
 def test_schedule_is_cosine_and_ends_at_zero():
     assert [masking_schedule(s, 4, 16) for s in range(4)] == [14, 11, 6, 0]  # floor(16 cos(pi/2 (s+1)/4))
     assert masking_schedule(11, 12, 64) == 0
@@ -113,15 +120,16 @@ def prefixes(space):
     return [space.mmu(image, [1, 2, 3, 4, 5]), space.mmu(image.flip(0), []), space.lm([6, 7], close=False)]
 
 
-def test_cached_decoding_equals_recomputation(model):
+def test_cached_decoding_equals_recomputation(either_rope):
+    model = either_rope
     rows = prefixes(model.space)  # different lengths and layouts in one batch
     cached = generate_text(model, rows, max_new_tokens=12, use_cache=True)
     full = generate_text(model, rows, max_new_tokens=12, use_cache=False)
     assert cached == full and all(len(o) > 0 for o in cached)
 
 
-def test_cached_logits_equal_full_logits(model):
-    space = model.space
+def test_cached_logits_equal_full_logits(either_rope):
+    model, space = either_rope, either_rope.space
     rows = prefixes(space)
     ids, _, _ = space.pad_rows(rows, left=True)
     nxt = torch.tensor([[8, 9], [10, 11], [12, 13]])
