@@ -86,23 +86,22 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-def rope_positions(ids, space, grid, past=0, two_d=True):
-    """(B, L) ids -> rotary positions y, x (B, L), each (B, L) int64. Every token but an image's:
-    its index n in the sequence on both axes (1D RoPE, as in Show-o). With two_d, the i-th token of
-    an image (code or [MASK]) sits at (first + i // grid, first + i % grid), first = the index of the
-    image's first token. A query then scores a key by (rows apart, columns apart) inside an image,
-    so "the cell to my right" or "the top left of the image" is one direction of the rotation, where
-    along the flattened row (1D) the token below is as far away as the token `grid` places to the
-    right. Text after an image still sits after all of it (n >= first + grid^2 > first + grid - 1),
-    and left padding shifts y and x alike, so nothing depends on it. Our option (`--rope-2d`); the
-    paper's LLM has 1D positions only.
+def rope_positions(slot, past=0, grid=None):
+    """Image slots (B, L) (image_slot_index: i at an image's i-th token, -1 elsewhere) -> rotary
+    positions y, x, int64. Without a grid: every token's index n in the sequence on both axes, shape
+    (1, L), one table for the whole batch (1D RoPE, as in Show-o). With grid (2D RoPE), the i-th token
+    of an image (code or [MASK]) sits at (first + i // grid, first + i % grid), first = the index of
+    the image's first token; shape (B, L). A query then scores a key by (rows apart, columns apart)
+    inside an image, so "the cell to my right" or "the top left of the image" is one direction of the
+    rotation, where along the flattened row (1D) the token below is as far away as the token `grid`
+    places to the right. Text after an image still sits after all of it (n >= first + grid^2 >
+    first + grid - 1), and left padding shifts y and x alike, so nothing depends on it. Our option
+    (`--rope-2d`); the paper's LLM has 1D positions only.
     `past`: tokens already in a KV cache (decoding adds text only, which needs no image slots)."""
-    B, L = ids.shape
-    n = torch.arange(past, past + L, device=ids.device).expand(B, L)                # (B, L)
-    if not two_d:
+    n = torch.arange(past, past + slot.shape[1], device=slot.device)[None]          # (1, L)
+    if grid is None:
         return n, n
-    slot = image_slot_index(ids, space)                                              # (B, L), -1 off images
-    first, inside = n - slot, slot >= 0
+    first, inside = n - slot, slot >= 0                                              # (B, L)
     return torch.where(inside, first + slot // grid, n), torch.where(inside, first + slot % grid, n)
 
 
@@ -233,12 +232,13 @@ class Showo(nn.Module):
         if cache is not None:
             visible = ids != self.space.pad
             cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
-        pos_y, pos_x = rope_positions(ids, self.space, math.isqrt(self.cfg.image_tokens), past, self.cfg.rope_2d)
-        cos, sin = rope_tables(pos_y, pos_x, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (B, L, D/2) each
-        rope = cos[:, None], sin[:, None]  # (B, 1, L, D/2): one table per row, shared by the heads
+        slot = image_slot_index(ids, self.space)                                       # (B, L), -1 off images
+        grid = math.isqrt(self.cfg.image_tokens) if self.cfg.rope_2d else None
+        pos_y, pos_x = rope_positions(slot, past, grid)
+        cos, sin = rope_tables(pos_y, pos_x, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (B or 1, L, D/2)
+        rope = cos[:, None], sin[:, None]  # (B or 1, 1, L, D/2): shared by the heads
         x = self.embed(ids)  # (B, L, C)
         if self.image_pos is not None:
-            slot = image_slot_index(ids, self.space)                                   # (B, L), -1 off images
             slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))  # [MASK] slots only
             x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]
         for block in self.blocks:

@@ -78,10 +78,11 @@ def test_2d_rope_scores_depend_only_on_rows_and_columns_apart():
 def test_2d_rope_positions_put_image_tokens_on_their_grid():
     # [T2I] [SOT] a b [EOT] [SOI] c0 c1 c2 c3 [EOI] with a 2x2 grid: the image starts at index 6
     ids, _, _ = SPACE.pad_rows([SPACE.t2i([1, 2], torch.tensor([3, 1, 4, 1]))])
-    y, x = rope_positions(ids, SPACE, grid=2)
+    slot = image_slot_index(ids, SPACE)
+    y, x = rope_positions(slot, grid=2)
     assert y[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 7, 7, 10]
     assert x[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 6, 7, 10]
-    assert [t[0].tolist() for t in rope_positions(ids, SPACE, 2, two_d=False)] == [list(range(11))] * 2
+    assert [t[0].tolist() for t in rope_positions(slot)] == [list(range(11))] * 2
 
 
 def test_2d_rope_changes_image_rows_only():
