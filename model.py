@@ -74,7 +74,7 @@ def rope_tables(y, x, head_dim, base):
     sequence this is plain 1D RoPE; rope_positions gives image tokens their row and column instead."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=y.device).float() / head_dim)  # (D/2,)
     even = torch.arange(head_dim // 2, device=y.device) % 2 == 0                              # (D/2,)
-    angles = torch.where(even, y.float()[..., None] * inv_freq, x.float()[..., None] * inv_freq)  # (..., L, D/2)
+    angles = torch.where(even, y[..., None], x[..., None]).float() * inv_freq                 # (..., L, D/2)
     return angles.cos(), angles.sin()
 
 

@@ -1,6 +1,8 @@
 """The samplers of model.py: MaskGIT text-to-image (schedule, guidance, inpainting, determinism) and
 text decoding with a KV cache. Run: python -m pytest tests/test_sampling.py"""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ def model():
 def either_rope(request):
     """The model with 1D RoPE (the paper's) and with 2D RoPE on image tokens (--rope-2d)."""
     torch.manual_seed(0)
-    return Showo(ShowoConfig(**{**CFG.__dict__, "rope_2d": request.param})).eval()
+    return Showo(dataclasses.replace(CFG, rope_2d=request.param)).eval()
 
 
 def test_schedule_is_cosine_and_ends_at_zero():
