@@ -33,9 +33,10 @@ def test_tokenizer_training_writes_checkpoint_grid_log_and_bpe(tmp_path):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    # 20 images x 64 tokens = 1280 > 1024 tokens, so the entropy term's random subset (global RNG)
-    # is drawn every step: the resumed run must restore that RNG too.
-    run_train(tmp_path / "straight", "--max-steps", "6", "--eval-every", "3")
+    # 20 images x 16 tokens = 320 > 256 entropy tokens, so the entropy term's random subset (global
+    # RNG) is drawn every step: the resumed run must restore that RNG too.
+    subset = ("--entropy-tokens", "256")
+    run_train(tmp_path / "straight", "--max-steps", "6", "--eval-every", "3", *subset)
 
     real_save = train.atomic_save
 
@@ -44,10 +45,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "atomic_save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3")
+        run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3", *subset)
     monkeypatch.setattr(train, "atomic_save", real_save)
     assert torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)["step"] == 3
-    run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3", "--resume")
+    run_train(tmp_path / "resumed", "--max-steps", "6", "--eval-every", "3", "--resume", *subset)
 
     a = torch.load(tmp_path / "straight" / "tokenizer.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)
