@@ -17,13 +17,14 @@ machines are shared and noisy, so absolute numbers move between runs more than r
    torch's peak allocator statistic (CUDA).
 
 `train` measures a full Show-o training step (forward, joint loss, backward, AdamW) on a mixed batch
-laid out like the main job's (half text-to-image rows, 40% captioning, 10% language modelling; 8x8
-images, 16-token texts) at a small and a medium model size: ms per step, tokens/s and peak memory,
-against the same model and batch with a plain causal mask (SDPA's is_causal path), and the achieved
-FLOP/s as a fraction of this machine's measured matmul rate (fp32; bf16 on CUDA, where training
-runs under bf16 autocast). FLOPs per step are counted as 6 x (parameters in matrices, head
-included) x tokens + 12 x layers x width x length x tokens for the attention scores and their
-weighted sums (forward 1x, backward 2x).
+laid out like the main job's stage 1 (half text-to-image rows, 40% captioning, 10% language
+modelling; 16-token texts) but with 8x8-token images, as CIFAR-10's (the shapes preset's are 4x4),
+at a small and a medium model size: ms per step, tokens/s and peak memory, against the same model
+and batch with a plain causal mask (SDPA's is_causal path), and the achieved FLOP/s as a fraction
+of this machine's measured matmul rate (fp32; bf16 on CUDA, where training runs under bf16
+autocast). FLOPs per step are counted as 6 x (parameters in matrices, head included) x tokens
++ 12 x layers x width x length x tokens for the attention scores and their weighted sums (forward
+1x, backward 2x).
 
 `sample` times generation on the main job's model size (random weights: speed does not depend on
 what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
@@ -139,7 +140,8 @@ def bench_tokenizer(args):
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
     seconds = median_time(lambda: model.decode(model.encode(images)), args.repeats, device)
     throughput = args.batch / seconds
-    print(f"encode+decode: {throughput:.0f} images/s (batch {args.batch}, 32x32 -> 8x8 tokens, "
+    side = model_cfg.latent_size
+    print(f"encode+decode: {throughput:.0f} images/s (batch {args.batch}, 32x32 -> {side}x{side} tokens, "
           f"median of {args.repeats})")
 
     # 2. LFQ vs nearest-neighbour VQ.
@@ -175,7 +177,8 @@ def bench_model(size, image_tokens, device):
 
 
 def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
-    """A mixed batch with random text ids and codes, laid out like the main job's: (ids, labels, task)."""
+    """A mixed batch with random text ids and codes, laid out like the main job's stage 1 but with
+    8x8-token images by default: (ids, labels, task)."""
     g = torch.Generator().manual_seed(seed)
     text = lambda: torch.randint(0, space.text_vocab_size, (text_len,), generator=g).tolist()  # noqa: E731
     image = lambda: torch.randint(0, space.codebook_size, (image_tokens,), generator=g)  # noqa: E731

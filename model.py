@@ -182,13 +182,14 @@ class Showo(nn.Module):
         self.cfg = cfg
         self.space = cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
-        # A canvas of [MASK]s is 64 copies of one id: RoPE only tells them how far apart they are
-        # along the flattened row, so a masked slot cannot tell which row and column of the grid it
-        # fills ("top left") without first finding [SOI]. A learned embedding per grid slot, added to
-        # [MASK] tokens only, hands it that. Known codes stay position-free: adding it to every image
-        # token (as MaskGIT does) helped captions too, but then this small model never learned to
-        # compare a question with the image ("is there a red circle?" stayed at chance), while with
-        # one object embedded the same wherever it sits it did (README). Show-o's LLM has none.
+        # A canvas of [MASK]s is N copies of one id (16 on the shapes preset's 4x4 grid): RoPE only
+        # tells them how far apart they are along the flattened row, so a masked slot cannot tell which
+        # row and column of the grid it fills ("top left") without first finding [SOI]. A learned
+        # embedding per grid slot, added to [MASK] tokens only, hands it that. Known codes stay
+        # position-free: adding it to every image token (as MaskGIT does) helped captions too, but
+        # then this small model never learned to compare a question with the image ("is there a red
+        # circle?" stayed at chance), while with one object embedded the same wherever it sits it did
+        # (README). Show-o's LLM has none.
         self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)

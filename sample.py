@@ -11,9 +11,10 @@ extrapolation and plain text (Show-o, arXiv 2408.12528, section 3.5).
     python sample.py --ckpt out/shapes/stage3 --task lm --prompt "a red"
 
 Follow one prompt: the text tokenizer turns it into ids; TokenSpace.t2i lays out
-[T2I] [SOT] prompt [EOT] [SOI] [MASK] x 64 [EOI]; model.generate_images fills the 64 slots in
---steps MaskGIT steps; the image tokenizer decodes the 8x8 codes to pixels; a labelled PNG grid is
-written to --out. Image outputs go to --out (default out/samples/); text outputs are printed.
+[T2I] [SOT] prompt [EOT] [SOI] [MASK] x N [EOI] (N = 16 image tokens with the shapes preset);
+model.generate_images fills the N slots in --steps MaskGIT steps; the image tokenizer decodes the
+codes to pixels; a labelled PNG grid is written to --out. Image outputs go to --out (default
+out/samples/); text outputs are printed.
 """
 import argparse
 import os
@@ -56,7 +57,7 @@ class Pipeline:
         self.image_tokenizer, _ = load_image_tokenizer(tok_path)
         self.image_tokenizer.to(self.device)
         self.text = TextTokenizer.from_file(text_path)
-        self.grid = self.image_tokenizer.cfg.latent_size          # tokens per side (8 for 32 px)
+        self.grid = self.image_tokenizer.cfg.latent_size          # tokens per side (4 with the shapes preset)
         self.image_size = self.image_tokenizer.cfg.image_size
 
     @staticmethod

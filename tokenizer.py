@@ -11,7 +11,7 @@ Tokenizers: everything that turns text and pixels into integer ids.
 
 Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (8192 codes) at 16x
 downsampling; it never released tokenizer training code, so this file trains one from scratch at
-toy scale (32x32 images -> 8x8 tokens).
+toy scale (32x32 images -> 4x4 tokens for the shapes world, 8x8 for photos).
 
 Follow one image: `ImageTokenizer.encode(images)` runs `Encoder` (pixels -> K-channel latent),
 RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer
