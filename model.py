@@ -47,6 +47,7 @@ class ShowoConfig:
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
     image_positions: bool = True   # [MASK] slots get a learned embedding of their grid slot (not in the paper)
     rope_2d: bool = False          # image tokens rotate by (row, column), text by its index (not in the paper)
+    text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings (not in the paper)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -163,6 +164,7 @@ class KVCache:
 
     def __init__(self):
         self.kv, self.visible = {}, None
+        self.tail = None  # TextConv: the embeddings of the last few tokens, for the next token's mix
 
     @property
     def length(self):
@@ -174,6 +176,31 @@ class KVCache:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         self.kv[layer] = (k, v)
         return k, v
+
+
+class TextConv(nn.Module):
+    """A short causal convolution over the embeddings: token t gets sum_j w_j * e_{t-j}, j = 1..N, with
+    one learned weight per channel and lag (zero at the start, so the model begins as the plain one).
+
+    Why (not in the paper): to answer "what color is the circle?" the answer is predicted at "?", whose
+    embedding says nothing about circles. Attention must first copy "circle" into "?" (a head that
+    looks at the previous token) before another head can use it to find the circle's image tokens.
+    Show-o inherits such heads from its pretrained LLM; a small model trained from scratch for minutes
+    never formed them: its answer positions looked at every object alike and answered with a random
+    object's colour (README). With this mix "?" holds "circle" from the first layer, as in H3's shift
+    SSM (arXiv 2212.14052) and Canon layers (arXiv 2512.17351), which make associative recall easy."""
+
+    def __init__(self, n_embd, n_prev):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_prev, n_embd))  # (N, C): row j weighs the (j+1)-th token back
+
+    def forward(self, e, tail=None):
+        """e (B, L, C) embeddings ([PAD] zeroed); tail (B, N, C) the N embeddings before them (decoding
+        with a KV cache), else zeros -> (mix (B, L, C), the new tail (B, N, C))."""
+        N, (B, L, C) = self.weight.shape[0], e.shape
+        full = torch.cat([e.new_zeros(B, N, C) if tail is None else tail, e], dim=1)  # (B, N + L, C)
+        mix = sum(self.weight[j] * full[:, N - 1 - j:N - 1 - j + L] for j in range(N))  # e_{t-1-j}
+        return mix, full[:, L:]
 
 
 class Showo(nn.Module):
@@ -191,6 +218,7 @@ class Showo(nn.Module):
         # circle?" stayed at chance), while with one object embedded the same wherever it sits it did
         # (README). Show-o's LLM has none.
         self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
+        self.text_conv = TextConv(cfg.n_embd, cfg.text_conv) if cfg.text_conv else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
@@ -239,6 +267,11 @@ class Showo(nn.Module):
         cos, sin = rope_tables(pos_y, pos_x, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (B or 1, L, D/2)
         rope = cos[:, None], sin[:, None]  # (B or 1, 1, L, D/2): shared by the heads
         x = self.embed(ids)  # (B, L, C)
+        if self.text_conv is not None:  # added to text (every token outside an image span) only
+            mix, tail = self.text_conv(x * (ids != self.space.pad)[..., None], None if past == 0 else cache.tail)
+            x = x + mix * (slot < 0)[..., None]
+            if cache is not None:
+                cache.tail = tail
         if self.image_pos is not None:
             slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))  # [MASK] slots only
             x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]

@@ -357,8 +357,9 @@ class ShowoTrainConfig:
     n_head: int = 4               # attention heads (QK-Norm per head)
     n_embd: int = 256             # width
     max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
-    rope_only: bool = False       # no learned image slot positions, RoPE only (the paper's model)
+    rope_only: bool = False       # no learned image slot positions, RoPE only (with --text-conv 0: the paper's model)
     rope_2d: bool = False         # image tokens get 2D (row, column) RoPE, not 1D as in the paper
+    text_conv: int = 3            # text tokens also add the previous N tokens' embeddings (0: the paper's model)
     # the batch: fractions of its rows per task (they are normalised to sum to 1)
     t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
     caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
@@ -610,7 +611,8 @@ def train_showo(cfg):
     model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
                             image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention,
-                            image_positions=not cfg.rope_only, rope_2d=cfg.rope_2d)
+                            image_positions=not cfg.rope_only, rope_2d=cfg.rope_2d,
+                            text_conv=cfg.text_conv)
     del image_tok
 
     # Data: images become codes once (cached); rows are built per step from codes and text.
@@ -642,7 +644,7 @@ def train_showo(cfg):
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
-            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only and --rope-2d options")
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only, --rope-2d and --text-conv options")
         model = init_model
         print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
               f"step {init_ckpt.get('step')})")
@@ -752,6 +754,8 @@ def main_showo(args, parser):
     for name in ("max_steps", "batch_size", "eval_every", "eval_rows", "n_layer", "n_head", "n_embd", "max_text", "limit"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.text_conv < 0:
+        parser.error("--text-conv must be >= 0 (0: no text convolution)")
     fracs = (cfg.t2i_frac, cfg.caption_frac, cfg.vqa_frac, cfg.lm_frac)
     if min(fracs) < 0 or sum(fracs) <= 0:
         parser.error("the task fractions must be >= 0 and not all 0")

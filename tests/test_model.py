@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (IGNORE, SelfAttention, Showo, ShowoConfig, apply_rope, image_slot_index, joint_loss,
+from model import (IGNORE, SelfAttention, Showo, ShowoConfig, TextConv, apply_rope, image_slot_index, joint_loss,
                    mask_image_tokens, optimizer_groups, rope_positions, rope_tables, task_losses, training_labels)
 
 CFG = ShowoConfig(text_vocab_size=20, codebook_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -95,8 +95,11 @@ def test_2d_rope_changes_image_rows_only():
             assert torch.allclose(model(ids)[0], flat(ids)[0]) != changed, row.ids
 
 
-def test_left_padding_changes_nothing_for_the_real_tokens():
-    model = tiny_model()
+@pytest.mark.parametrize("text_conv", [0, 3])
+def test_left_padding_changes_nothing_for_the_real_tokens(text_conv):
+    model = tiny_model(text_conv=text_conv)
+    if text_conv:  # padding must not leak into the first real tokens' mix either
+        torch.nn.init.normal_(model.text_conv.weight)
     row = SPACE.t2i([1, 2, 3], torch.arange(6))
     ids0, _, _ = SPACE.pad_rows([row])
     ids5, _, _ = SPACE.pad_rows([row], length=len(row.ids) + 5)
@@ -105,6 +108,37 @@ def test_left_padding_changes_nothing_for_the_real_tokens():
         b, _ = model(ids5)
     assert torch.isfinite(b).all()                  # padded positions give no NaN either
     torch.testing.assert_close(b[:, 5:], a, atol=1e-5, rtol=1e-4)
+
+
+def test_text_conv_adds_the_previous_tokens_with_one_weight_per_lag_and_channel():
+    torch.manual_seed(0)
+    conv = TextConv(n_embd=4, n_prev=2)
+    torch.nn.init.normal_(conv.weight)
+    e = torch.randn(1, 5, 4)
+    mix, tail = conv(e)
+    w1, w2 = conv.weight                                          # 1 and 2 tokens back
+    torch.testing.assert_close(mix[0, 0], torch.zeros(4))         # nothing before the first token
+    torch.testing.assert_close(mix[0, 1], w1 * e[0, 0])
+    torch.testing.assert_close(mix[0, 4], w1 * e[0, 3] + w2 * e[0, 2])
+    torch.testing.assert_close(tail, e[:, 3:])                    # what the next token will need
+    nxt = torch.randn(1, 1, 4)
+    torch.testing.assert_close(conv(nxt, tail)[0][0, 0], w1 * e[0, 4] + w2 * e[0, 3])
+
+
+def test_text_conv_starts_as_the_plain_model_and_leaves_image_tokens_alone():
+    plain, conv = tiny_model(), tiny_model(text_conv=3)
+    conv.load_state_dict(plain.state_dict(), strict=False)   # the same weights, the mix at zero
+    ids, _, _ = SPACE.pad_rows([SPACE.mmu(torch.arange(4), [1, 2], [3, 4])])
+    with torch.no_grad():
+        torch.testing.assert_close(conv(ids)[0], plain(ids)[0])
+        torch.nn.init.normal_(conv.text_conv.weight)
+        e = conv.embed(ids)
+        seen = []
+        conv.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        conv(ids)
+    image = conv.space.is_image_code(ids[0])
+    assert torch.equal(seen[0][0, image], e[0, image])        # image tokens: their embedding only
+    assert not torch.allclose(seen[0][0, ~image], e[0, ~image])  # text and specials: plus the mix
 
 
 def test_image_slots_count_grid_positions_inside_each_image_only():

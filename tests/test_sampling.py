@@ -18,11 +18,16 @@ def model():
     return Showo(CFG).eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["rope-1d", "rope-2d"])
+@pytest.fixture(scope="module", params=["rope-1d", "rope-2d", "text-conv"])
 def either_rope(request):
-    """The model with 1D RoPE (the paper's) and with 2D RoPE on image tokens (--rope-2d)."""
+    """The model with 1D RoPE (the paper's), with 2D RoPE on image tokens (--rope-2d), and with the
+    text convolution (--text-conv), whose cache also carries the last tokens' embeddings."""
     torch.manual_seed(0)
-    return Showo(dataclasses.replace(CFG, rope_2d=request.param)).eval()
+    model = Showo(dataclasses.replace(CFG, rope_2d=request.param == "rope-2d",
+                                      text_conv=2 if request.param == "text-conv" else 0)).eval()
+    if model.text_conv is not None:  # it starts at zero, which would hide a wrong cache
+        torch.nn.init.normal_(model.text_conv.weight)
+    return model
 
 
 def test_schedule_is_cosine_and_ends_at_zero():
