@@ -6,6 +6,7 @@ a GPU. Every test here is skipped where there is no CUDA device (CI has none); o
 The CPU tests check the method in fp32; these check that the GPU-only switches change the speed and
 the rounding, not the results: a model compiled or running FlexAttention gives the logits of the
 plain one, and training under bf16 autocast still learns and saves checkpoints a CPU can load."""
+import dataclasses
 import json
 
 import numpy as np
@@ -25,9 +26,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA 
 CFG = ShowoConfig(text_vocab_size=30, codebook_size=16, n_layer=2, n_head=2, n_embd=64, image_tokens=16)
 
 
-def test_compiled_model_gives_the_eager_logits():
+@pytest.mark.parametrize("text_conv", [0, 3])
+def test_compiled_model_gives_the_eager_logits(text_conv):
     torch.manual_seed(0)
-    model = Showo(CFG).cuda().eval()
+    model = Showo(dataclasses.replace(CFG, text_conv=text_conv)).cuda().eval()
+    if model.text_conv is not None:  # it starts at zero: give it weights, so it is really compared
+        torch.nn.init.normal_(model.text_conv.weight)
     ids, _, _ = model.space.pad_rows(prefixes(model.space))
     ids = ids.cuda()
     with torch.no_grad():
