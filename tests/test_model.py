@@ -247,6 +247,20 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_training_losses_equal_the_losses_of_the_full_logits():
+    # In training the model projects only the positions that carry a loss; the losses must be those
+    # of projecting every position (the logits it returns without labels) and scoring them.
+    model = tiny_model(seed=1).eval()
+    img = torch.arange(16)
+    rows = [SPACE.t2i([1, 2, 3], img), SPACE.mmu(img.flip(0), [4], [5, 6]), SPACE.lm([7, 8, 9])]
+    _, inputs, _, labels, _, task = batch(rows, seed=2)
+    logits, _ = model(inputs)
+    none, losses = model(inputs, labels, task)
+    assert none is None and set(losses) == {"t2i", "mmu", "lm"}
+    for name, value in task_losses(logits, labels, task, SPACE).items():
+        torch.testing.assert_close(losses[name], value)
+
+
 def test_a_tiny_model_overfits_a_few_sequences():
     torch.manual_seed(0)
     model = Showo(CFG).train()
