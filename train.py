@@ -45,7 +45,7 @@ from tqdm import tqdm
 import data
 from model import (Showo, ShowoConfig, joint_loss, load_showo, mask_image_tokens, optimizer_groups,
                    showo_checkpoint, training_labels)
-from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, images_to_tensor,
+from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TASKS, images_to_tensor,
                        image_tokenizer_checkpoint, load_image_tokenizer, read_checkpoint, save_bpe,
                        tensor_to_images, train_bpe)
 
@@ -527,23 +527,32 @@ def seeded(*parts):
 
 
 def build_batch(rows_of, items, cfg, rng, gen):
-    """Dataset items -> one padded batch with its rows split over the tasks by the configured
-    fractions, prompts dropped for guidance, and images masked for MTP.
-    -> (input ids (B, L), labels (B, L), task (B,))."""
+    """Dataset items -> one batch with its rows split over the tasks by the configured fractions,
+    prompts dropped for guidance, and images masked for MTP, as one padded group per loss term:
+    text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
+    padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
+    would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
+    Every loss term lives in one group, so the per-task mean losses are those of one padded batch.
+    -> [(input ids (b, L), labels (b, L), task (b,))], one per task present."""
     rows = []
     for task, n in task_counts(cfg, len(items)).items():
         rows += [rows_of.row(task, i, rng, cfg.cond_dropout) for i in items[len(rows):len(rows) + n]]
-    space = rows_of.space
+    space, groups = rows_of.space, []
     # FlexAttention compiles one kernel per sequence length: give it the one longest possible length.
     length = rows_of.max_len if cfg.flex_attention else None
-    ids, text_targets, task = space.pad_rows(rows, length)
-    inputs, masked = mask_image_tokens(ids, task, space, gen)
-    return inputs, training_labels(ids, text_targets, masked, space), task
+    for kind in TASKS:
+        group = [r for r in rows if r.task == kind]
+        if group:
+            ids, text_targets, task = space.pad_rows(group, length)
+            inputs, masked = mask_image_tokens(ids, task, space, gen)
+            groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
+    return groups
 
 
 def showo_batch(rows_of, step, cfg):
-    """The batch of training step `step`: a pure function of (seed, step), like batch_indices, so a
-    resumed run sees the same rows, the same condition dropout and the same masks."""
+    """The batch of training step `step` (its groups, see build_batch): a pure function of (seed,
+    step), like batch_indices, so a resumed run sees the same rows, the same condition dropout and
+    the same masks."""
     rng, gen = seeded(cfg.seed, "train", step)
     items = batch_indices(step, len(rows_of.codes), cfg.batch_size, cfg.seed).tolist()
     return build_batch(rows_of, items, cfg, rng, gen)
@@ -573,12 +582,12 @@ def held_out_losses(model, rows_of, cfg, device, n_rows):
     for start in range(0, n_rows, cfg.batch_size):
         items = list(range(start, min(start + cfg.batch_size, n_rows)))  # each held-out item once
         rng, gen = seeded(cfg.seed, "eval", start)
-        ids, labels, task = build_batch(rows_of, items, cfg, rng, gen)
-        with autocast(device):
-            _, losses = model(ids.to(device), labels.to(device), task.to(device))
-        for name, value in losses.items():  # batches weighted by their number of rows
-            totals[name] = totals.get(name, 0.0) + value.item() * len(items)
-            counts[name] = counts.get(name, 0) + len(items)
+        for ids, labels, task in build_batch(rows_of, items, cfg, rng, gen):
+            with autocast(device):
+                _, losses = model(ids.to(device), labels.to(device), task.to(device))
+            for name, value in losses.items():  # batches weighted by their number of rows
+                totals[name] = totals.get(name, 0.0) + value.item() * len(items)
+                counts[name] = counts.get(name, 0) + len(items)
     model.train()
     return {name: round(totals[name] / counts[name], 4) for name in totals}
 
@@ -675,9 +684,10 @@ def train_showo(cfg):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ids, labels, task = (t.to(device) for t in showo_batch(train_rows, step, cfg))
-        with autocast(device):
-            _, losses = train_model(ids, labels, task)
+        losses = {}
+        for part in showo_batch(train_rows, step, cfg):  # one padded group of rows per loss term
+            with autocast(device):
+                losses.update(train_model(*(t.to(device) for t in part))[1])
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
         loss = joint_loss(losses, weights)

@@ -103,6 +103,40 @@ def test_held_out_losses_see_each_item_once(tokenizer, monkeypatch):
     assert sorted(seen) == list(range(40)) and set(losses) == {"t2i", "mmu", "lm"}
 
 
+def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer):
+    """A batch is built as one padded group per loss term (less padding to compute); padding those
+    groups to one common length and running them together gives the same losses."""
+    import random
+    import data
+    from model import Showo, ShowoConfig
+    from tokenizer import TASKS, TextTokenizer
+    ds = data.load("shapes", "train", image_size=16, limit=32)
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=2,
+                            n_embd=32, n_head=2)
+    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    cfg = train.ShowoTrainConfig(batch_size=32, t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1)
+    groups = train.build_batch(rows, list(range(32)), cfg, random.Random(0), torch.Generator().manual_seed(0))
+    assert sorted(TASKS[g[2][0]] for g in groups) == ["lm", "mmu", "t2i"]
+    assert all(len(set(g[2].tolist())) == 1 for g in groups) and len({g[0].shape[1] for g in groups}) == 3
+    torch.manual_seed(0)
+    model, space = Showo(model_cfg).eval(), model_cfg.space
+    grouped = {}
+    for g in groups:
+        grouped.update(model(*g)[1])
+    L = max(g[0].shape[1] for g in groups)
+
+    def pad(t, fill, left):  # (b, l) -> (b, L), padded where pad_rows pads that task's rows
+        extra = torch.full((t.shape[0], L - t.shape[1]), fill, dtype=t.dtype)
+        return torch.cat([extra, t] if left else [t, extra], dim=1)
+    ids = torch.cat([pad(g[0], space.pad, TASKS[g[2][0]] == "t2i") for g in groups])
+    labels = torch.cat([pad(g[1], -100, TASKS[g[2][0]] == "t2i") for g in groups])
+    together = model(ids, labels, torch.cat([g[2] for g in groups]))[1]
+    assert set(together) == set(grouped) == {"t2i", "mmu", "lm"}
+    for name in together:
+        torch.testing.assert_close(together[name], grouped[name], rtol=1e-5, atol=1e-5)
+
+
 def test_checkpoint_from_another_tokenizer_is_refused(tokenizer, tmp_path):
     other = tmp_path / "othertok"
     train.main(TINY_TOKENIZER + ["--out", str(other), "--seed", "1"])  # same sizes, different weights
@@ -168,7 +202,7 @@ def test_condition_dropout_rate(tokenizer):
     rows = train.TaskRows(ds, codes, text, model_cfg, stage=2)
     empty = total = 0
     for step in range(40):
-        ids, _, _ = train.showo_batch(rows, step, cfg)
+        (ids, _, _), = train.showo_batch(rows, step, cfg)  # text-to-image rows only: one group
         sot = (ids == space.sot).nonzero()
         empty += (ids[sot[:, 0], sot[:, 1] + 1] == space.eot).sum().item()  # [SOT][EOT]: the empty prompt
         total += len(sot)
