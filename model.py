@@ -47,6 +47,7 @@ class ShowoConfig:
     image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
     image_positions: bool = True   # [MASK] slots get a learned embedding of their grid slot (not in the paper)
+    code_positions: bool = False   # known image codes get it too (MaskGIT's way); needs image_positions
     rope_2d: bool = False          # image tokens rotate by (row, column), text by its index (not in the paper)
     text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings (not in the paper)
 
@@ -210,14 +211,15 @@ class Showo(nn.Module):
         self.cfg = cfg
         self.space = cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
-        # A canvas of [MASK]s is N copies of one id (16 on the shapes preset's 4x4 grid): RoPE only
-        # tells them how far apart they are along the flattened row, so a masked slot cannot tell which
-        # row and column of the grid it fills ("top left") without first finding [SOI]. A learned
-        # embedding per grid slot, added to [MASK] tokens only, hands it that. Known codes stay
+        # A canvas of [MASK]s is N copies of one id: RoPE only tells them how far apart they are along
+        # the flattened row, so a masked slot cannot tell which row and column of the grid it fills
+        # ("top left") without first finding [SOI]. A learned embedding per grid slot, added to
+        # [MASK] tokens, hands it that. With convolutional codes (64 per image) known codes stayed
         # position-free: adding it to every image token (as MaskGIT does) helped captions too, but
         # then this small model never learned to compare a question with the image ("is there a red
-        # circle?" stayed at chance), while with one object embedded the same wherever it sits it did
-        # (README). Show-o's LLM has none.
+        # circle?" stayed at chance). With one patch-local code per grid cell (the shapes preset) a
+        # code says nothing of where it is, and code_positions adds the slot embedding to known codes
+        # too: questions about an object's cell need it (README). Show-o's LLM has none.
         self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
         self.text_conv = TextConv(cfg.n_embd, cfg.text_conv) if cfg.text_conv else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -274,7 +276,8 @@ class Showo(nn.Module):
             if cache is not None:
                 cache.tail = tail
         if self.image_pos is not None:
-            slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))  # [MASK] slots only
+            if not self.cfg.code_positions:  # [MASK] slots only
+                slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))
             x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]
         for block in self.blocks:
             x = block(x, mask, rope, cache)

@@ -157,8 +157,9 @@ TOKENIZER_PRESETS = {
     # 100% scorer agreement after 1,200 steps in about a minute. The convolutional preset before
     # it (4x4 tokens, `--channels 64,128,128 --patch 0 --entropy-weight 0.025 --tau 0.01
     # --max-steps 900`) took 8.1 min for 99.3%, and gave the same object several codes depending on
-    # its neighbours. The patch tokenizer needs the softer entropy temperature (tau 0.1; at 0.01
-    # two of four seeds left two objects sharing a code) and a strong weight (0.3).
+    # its neighbours. The patch tokenizer needs the softer entropy temperature (tau 0.1: four seeds
+    # out of four gave all 37 codes; at 0.01 and weight 0.3, two of three seeds left objects sharing
+    # a code) and a strong weight (0.3).
     "shapes": dict(bits=10, channels="256", patch=16, max_steps=1200, eval_every=300, entropy_weight=0.3,
                    tau=0.1, out="out/shapes"),
     # CIFAR-10: a stronger entropy penalty, taken over every token of the batch, keeps >= 90% of the
@@ -364,6 +365,7 @@ class ShowoTrainConfig:
     max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
     rope_only: bool = False       # no learned image slot positions, RoPE only (with --text-conv 0: the paper's model)
     rope_2d: bool = False         # image tokens get 2D (row, column) RoPE, not 1D as in the paper
+    code_positions: bool = False  # known image codes get the learned grid-slot embedding too, not only [MASK]
     text_conv: int = 3            # text tokens also add the previous N tokens' embeddings (0: the paper's model)
     # the batch: fractions of its rows per task (they are normalised to sum to 1)
     t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
@@ -405,7 +407,7 @@ SHOWO_STAGES = {
 # 1.81; width 192, 250 steps 1.70; width 128, 450 steps 1.58; all at lr 3e-3). With learned grid
 # positions (then on every image token, now on [MASK] slots only) lr 5e-3 beat 3e-3: held-out
 # text-to-image loss after 300 steps 0.67 vs 0.70.
-SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3), "cifar10": dict(max_steps=2000),
+SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3, code_positions=True), "cifar10": dict(max_steps=2000),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
                            "warmup_steps", "min_lr_frac", "max_steps", "grad_clip", "t2i_frac", "caption_frac",
@@ -626,7 +628,7 @@ def train_showo(cfg):
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
                             image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention,
                             image_positions=not cfg.rope_only, rope_2d=cfg.rope_2d,
-                            text_conv=cfg.text_conv)
+                            text_conv=cfg.text_conv, code_positions=cfg.code_positions and not cfg.rope_only)
     del image_tok
 
     # Data: images become codes once (cached); rows are built per step from codes and text.
@@ -735,21 +737,17 @@ def add_config_arguments(parser, config_cls, presets):
     comments = field_comments(config_cls)
     for f in fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=comments.get(f.name))
+        preset_note = ", ".join(f"{k}: {v[f.name]}" for k, v in presets.items() if f.name in v)
+        text = f"{comments.get(f.name, '')} [default {f.default}" + (f"; presets: {preset_note}]" if preset_note else "]")
+        if f.type is bool:  # --flag / --no-flag; when neither is given a dataset preset or the default decides
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            preset_note = ", ".join(f"{k}: {v[f.name]}" for k, v in presets.items() if f.name in v)
-            parser.add_argument(flag, type=f.type, default=None,
-                                help=f"{comments.get(f.name, '')} [default {f.default}"
-                                + (f"; presets: {preset_note}]" if preset_note else "]"))
+            parser.add_argument(flag, type=f.type, default=None, help=text)
 
 
 def config_from_args(args, config_cls, presets):
     values = presets.get(args.dataset or config_cls.dataset, {}).copy()
     values.update({k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in fields(config_cls)}})
-    for f in fields(config_cls):
-        if f.type is bool:
-            values[f.name] = getattr(args, f.name)
     return config_cls(**values)
 
 
@@ -801,9 +799,8 @@ def main_tokenizer(args, parser):
         sys.exit(f"error: {e}")
 
 
-# The main job's Show-o stages on the shapes world: steps per stage. With 4x4-token images, twice the
-# 700 + 300 + 700 steps sized for 8x8 tokens take about the time those did, and lift all four
-# summary figures (README, "Results").
+# The main job's Show-o stages on the shapes world: steps per stage (sized for 4x4-token images; with
+# the 2x2 tokens of the patch tokenizer they take about 12.5 min on the slow 2-core CPU; README).
 MAIN_JOB_STAGES = {1: 1400, 2: 600, 3: 1400}
 MAIN_JOB_PROMPT = "a red circle above a blue square"
 

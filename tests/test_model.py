@@ -167,6 +167,22 @@ def test_slot_positions_reach_masked_slots_only():
             assert torch.allclose(model(ids)[0], rope_only(ids)[0]) != changed, row.ids
 
 
+def test_code_positions_put_the_slot_embedding_on_known_codes_too():
+    # code_positions (the shapes preset, one token per grid cell): a known code also learns where it
+    # is, so "what is in the top left?" can find it; [MASK] slots keep theirs
+    plain, with_codes = tiny_model(image_tokens=4), tiny_model(image_tokens=4, code_positions=True)
+    no_pos = tiny_model(image_tokens=4, image_positions=False)
+    no_pos.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("image_pos")})
+    img = torch.tensor([3, 1, 4, 1])
+    for row in (SPACE.mmu(img, [1, 2]), SPACE.t2i([1, 2], img), SPACE.t2i([1, 2], 4)):
+        ids, _, _ = SPACE.pad_rows([row])
+        with torch.no_grad():
+            assert not torch.allclose(with_codes(ids)[0], no_pos(ids)[0]), row.ids
+    masked_canvas, _, _ = SPACE.pad_rows([SPACE.t2i([1, 2], 4)])  # only [MASK]s: the two models agree
+    with torch.no_grad():
+        assert torch.allclose(with_codes(masked_canvas)[0], plain(masked_canvas)[0])
+
+
 def batch(rows, seed=0):
     ids, text_targets, task = SPACE.pad_rows(rows)
     inputs, masked = mask_image_tokens(ids, task, SPACE, torch.Generator().manual_seed(seed))
