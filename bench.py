@@ -18,7 +18,7 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 
 `train` measures a full Show-o training step (forward, joint loss, backward, AdamW) on a mixed batch
 laid out like the main job's stage 1 (half text-to-image rows, 40% captioning, 10% language
-modelling; 16-token texts) but with 8x8-token images, as CIFAR-10's (the shapes preset's are 4x4),
+modelling; 16-token texts) but with 8x8-token images, as CIFAR-10's (the shapes preset's are 2x2),
 at a small and a medium model size: ms per step, tokens/s and peak memory, against the same model
 and batch with a plain causal mask (SDPA's is_causal path), and the achieved FLOP/s as a fraction
 of this machine's measured matmul rate (fp32; bf16 on CUDA, where training runs under bf16

@@ -7,16 +7,17 @@ Tokenizers: everything that turns text and pixels into integer ids.
 2. The image tokenizer: a convolutional autoencoder with lookup-free quantization (LFQ), as in
    MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
    to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
-   table, no nearest-neighbour search.
+   table, no nearest-neighbour search. For worlds made of independent patches (the shapes world's
+   grid cells) a patch autoencoder with the same LFQ replaces the convolutions.
 
 Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (8192 codes) at 16x
 downsampling; it never released tokenizer training code, so this file trains one from scratch at
-toy scale (32x32 images -> 4x4 tokens for the shapes world, 8x8 for photos).
+toy scale (32x32 images -> 2x2 tokens for the shapes world, one per grid cell; 8x8 for photos).
 
-Follow one image: `ImageTokenizer.encode(images)` runs `Encoder` (pixels -> K-channel latent),
-RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer
-code per position;
-`decode(codes)` unpacks the bits back into +-1 vectors and runs `Decoder`.
+Follow one image: `ImageTokenizer.encode(images)` runs `Encoder` or `PatchEncoder` (pixels ->
+K-channel latent), RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs
+them into an integer code per position; `decode(codes)` unpacks the bits back into +-1 vectors and
+runs `Decoder` or `PatchDecoder`.
 
 Try it:  python tokenizer.py --text "a red circle to the left of a blue square"
 """
