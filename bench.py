@@ -134,7 +134,7 @@ def bench_tokenizer(args):
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
     preset = TokenizerTrainConfig(**TOKENIZER_PRESETS["shapes"])
-    model_cfg = ImageTokenizerConfig(codebook_bits=preset.bits, res_blocks=preset.res_blocks,
+    model_cfg = ImageTokenizerConfig(codebook_bits=preset.bits, res_blocks=preset.res_blocks, patch=preset.patch,
                                      channels=tuple(int(c) for c in preset.channels.split(",")))
     model = ImageTokenizer(model_cfg).to(device).eval()
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
