@@ -18,8 +18,9 @@ Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, 
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
 of very different statistics share one softmax. One addition of ours: each [MASK] slot of an image
-also gets a learned embedding of its place on the tokenizer's grid (Showo.__init__ says why); an
-option of ours: 2D RoPE for image tokens (rope_positions).
+also gets a learned embedding of its place on the tokenizer's grid, and with code_positions (the
+shapes preset) every known image code too (Showo.__init__ says why); an option of ours: 2D RoPE
+for image tokens (rope_positions).
 """
 import math
 from dataclasses import asdict, dataclass

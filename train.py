@@ -405,8 +405,9 @@ SHOWO_STAGES = {
 # shapes: at a CPU budget of minutes a narrow model that takes more steps learns more than a wide one
 # (8x8-token images; held-out text-to-image loss after ~2.5 min of stage 1: width 256, 150 steps
 # 1.81; width 192, 250 steps 1.70; width 128, 450 steps 1.58; all at lr 3e-3). With learned grid
-# positions (then on every image token, now on [MASK] slots only) lr 5e-3 beat 3e-3: held-out
-# text-to-image loss after 300 steps 0.67 vs 0.70.
+# positions (then on every image token) lr 5e-3 beat 3e-3: held-out text-to-image loss after 300
+# steps 0.67 vs 0.70. code_positions: with one patch-local code per grid cell (the shapes tokenizer)
+# known codes need their slot too (VQA 0.74 -> 0.90 on the main job; README).
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3, code_positions=True), "cifar10": dict(max_steps=2000),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
@@ -545,10 +546,11 @@ def build_batch(rows_of, items, cfg, rng, gen):
     for task, n in task_counts(cfg, len(items)).items():
         rows += [rows_of.row(task, i, rng, cfg.cond_dropout) for i in items[len(rows):len(rows) + n]]
     space, groups = rows_of.space, []
-    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length.
+    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
+    # and one group (every group would be that long, so splitting would only add forward passes).
     length = rows_of.max_len if cfg.flex_attention else None
-    for kind in TASKS:
-        group = [r for r in rows if r.task == kind]
+    for kinds in [TASKS] if cfg.flex_attention else [(kind,) for kind in TASKS]:
+        group = [r for r in rows if r.task in kinds]
         if group:
             ids, text_targets, task = space.pad_rows(group, length)
             inputs, masked = mask_image_tokens(ids, task, space, gen)
@@ -660,7 +662,7 @@ def train_showo(cfg):
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
-            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only, --rope-2d and --text-conv options")
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only, --rope-2d, --code-positions and --text-conv options")
         model = init_model
         print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
               f"step {init_ckpt.get('step')})")
@@ -694,7 +696,10 @@ def train_showo(cfg):
         losses = {}
         for part in showo_batch(train_rows, step, cfg):  # one padded group of rows per loss term
             with autocast(device):
-                losses.update(train_model(*(t.to(device) for t in part))[1])
+                part_losses = train_model(*(t.to(device) for t in part))[1]
+            if set(part_losses) & set(losses):  # e.g. interleaved rows (t2i + mmu terms) in their own group
+                raise RuntimeError(f"two row groups both have {set(part_losses) & set(losses)} losses")
+            losses.update(part_losses)
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
         loss = joint_loss(losses, weights)
@@ -800,7 +805,7 @@ def main_tokenizer(args, parser):
 
 
 # The main job's Show-o stages on the shapes world: steps per stage (sized for 4x4-token images; with
-# the 2x2 tokens of the patch tokenizer they take about 12.5 min on the slow 2-core CPU; README).
+# the 2x2 tokens of the patch tokenizer their training loops take about 12 min on the slow 2-core CPU; README).
 MAIN_JOB_STAGES = {1: 1400, 2: 600, 3: 1400}
 MAIN_JOB_PROMPT = "a red circle above a blue square"
 

@@ -116,6 +116,8 @@ def test_patch_tokenizer_is_local_and_its_codes_do_not_depend_on_the_batch(tmp_p
     assert z.shape == (8, 6, 2, 2) and z.mean((0, 2, 3)).abs().max() < 1e-5
     for _ in range(50):                                            # the running mean follows the batches
         model(images)
+    batch_mean = model.encoder.mlp(model.encoder.embed(images).permute(0, 2, 3, 1)).mean((0, 1, 2))
+    assert torch.allclose(model.encoder.running_mean, batch_mean, atol=1e-3)
     model.eval()
     codes = model.encode(images)
     assert codes.shape == (8, 2, 2)
@@ -128,7 +130,7 @@ def test_patch_tokenizer_is_local_and_its_codes_do_not_depend_on_the_batch(tmp_p
     recoded = codes.clone()
     recoded[:, 0, 1] = (codes[:, 0, 1] + 1) % 64                   # another code for the top-right patch
     diff = (model.decode(recoded) - model.decode(codes)).abs().amax(1)  # (8, 16, 16)
-    assert diff[:, :8, 8:].min() >= 0 and diff[:, :8, 8:].max() > 0
+    assert diff[:, :8, 8:].max() > 0
     assert diff[:, 8:].max() == 0 and diff[:, :8, :8].max() == 0
     torch.save(image_tokenizer_checkpoint(model, step=1), tmp_path / "tok.pt")
     loaded, _ = load_image_tokenizer(tmp_path / "tok.pt")
