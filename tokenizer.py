@@ -422,7 +422,7 @@ class PatchEncoder(nn.Module):
         if self.training:
             mean = z.mean((0, 1, 2))                              # (K,) over every token of the batch
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().float(), 0.1)
+                self.running_mean.lerp_(mean.float(), 0.1)
         else:
             mean = self.running_mean.to(z.dtype)
         return (z - mean).permute(0, 3, 1, 2)                     # (B, K, h, w)

@@ -582,6 +582,19 @@ def check_vocabulary(ckpt, path, text_vocab_size, codebook_size, tokenizer_diges
                          "its text ids mean other things")
 
 
+def batch_losses(model, groups, device):
+    """The per-task losses of one batch built by build_batch: one forward pass per row group, their
+    loss terms side by side (each term must come from one group, or its mean would be wrong)."""
+    losses = {}
+    for ids, labels, task in groups:
+        with autocast(device):
+            _, group_losses = model(ids.to(device), labels.to(device), task.to(device))
+        if set(group_losses) & set(losses):  # e.g. interleaved rows (t2i + mmu terms) in their own group
+            raise RuntimeError(f"two row groups both have {set(group_losses) & set(losses)} losses")
+        losses.update(group_losses)
+    return losses
+
+
 @torch.no_grad()
 def held_out_losses(model, rows_of, cfg, device, n_rows):
     """Per-task losses on fixed held-out rows (same rows and masks at every evaluation)."""
@@ -591,12 +604,9 @@ def held_out_losses(model, rows_of, cfg, device, n_rows):
     for start in range(0, n_rows, cfg.batch_size):
         items = list(range(start, min(start + cfg.batch_size, n_rows)))  # each held-out item once
         rng, gen = seeded(cfg.seed, "eval", start)
-        for ids, labels, task in build_batch(rows_of, items, cfg, rng, gen):
-            with autocast(device):
-                _, losses = model(ids.to(device), labels.to(device), task.to(device))
-            for name, value in losses.items():  # batches weighted by their number of rows
-                totals[name] = totals.get(name, 0.0) + value.item() * len(items)
-                counts[name] = counts.get(name, 0) + len(items)
+        for name, value in batch_losses(model, build_batch(rows_of, items, cfg, rng, gen), device).items():
+            totals[name] = totals.get(name, 0.0) + value.item() * len(items)  # batches weighted by their rows
+            counts[name] = counts.get(name, 0) + len(items)
     model.train()
     return {name: round(totals[name] / counts[name], 4) for name in totals}
 
@@ -693,13 +703,7 @@ def train_showo(cfg):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = {}
-        for part in showo_batch(train_rows, step, cfg):  # one padded group of rows per loss term
-            with autocast(device):
-                part_losses = train_model(*(t.to(device) for t in part))[1]
-            if set(part_losses) & set(losses):  # e.g. interleaved rows (t2i + mmu terms) in their own group
-                raise RuntimeError(f"two row groups both have {set(part_losses) & set(losses)} losses")
-            losses.update(part_losses)
+        losses = batch_losses(train_model, showo_batch(train_rows, step, cfg), device)
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
         loss = joint_loss(losses, weights)

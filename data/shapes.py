@@ -19,9 +19,9 @@ The world
     colours, no antialiasing, so the ground truth is pixel-exact.
   - Each object sits at its cell's centre, so it lines up with the image tokenizer's grid of tokens
     the same way in every cell (one 16x16 token per cell with the shapes preset's patch tokenizer,
-    2x2 tokens of 8x8 pixels at 8x downsampling, 4x4 of 4x4 pixels at 4x): one (shape, colour, size) is always the same block of pixels under
-    the same tokens, and what a model must learn is which words pick which block, not sub-pixel
-    variants.
+    2x2 tokens of 8x8 pixels at 8x downsampling, 4x4 of 4x4 pixels at 4x): one (shape, colour, size)
+    is always the same block of pixels under the same tokens, and what a model must learn is which
+    words pick which block, not sub-pixel variants.
     (Centres jittered by +-1 px (large) and +-2 px (small) made 17x as many pixel patterns per cell;
     the main job's text-to-image and question answering learned far less in the same minutes: see
     the README.) Centres in one column (row) are equal, in different columns (rows) 16 px apart.
