@@ -7,17 +7,15 @@ Tokenizers: everything that turns text and pixels into integer ids.
 2. The image tokenizer: a convolutional autoencoder with lookup-free quantization (LFQ), as in
    MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
    to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
-   table, no nearest-neighbour search. For worlds made of independent patches (the shapes world's
-   grid cells) a patch autoencoder with the same LFQ replaces the convolutions.
+   table, no nearest-neighbour search. One design for every dataset, the shapes world included.
 
 Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (8192 codes) at 16x
 downsampling; it never released tokenizer training code, so this file trains one from scratch at
-toy scale (32x32 images -> 2x2 tokens for the shapes world, one per grid cell; 8x8 for photos).
+toy scale (32x32 images -> 4x4 tokens for the shapes world at 8x downsampling, 8x8 for photos at 4x).
 
-Follow one image: `ImageTokenizer.encode(images)` runs `Encoder` or `PatchEncoder` (pixels ->
-K-channel latent), RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs
-them into an integer code per position; `decode(codes)` unpacks the bits back into +-1 vectors and
-runs `Decoder` or `PatchDecoder`.
+Follow one image: `ImageTokenizer.encode(images)` runs the `Encoder` (pixels -> K-channel latent),
+RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer
+code per position; `decode(codes)` unpacks the bits back into +-1 vectors and runs the `Decoder`.
 
 Try it:  python tokenizer.py --text "a red circle to the left of a blue square"
 """
@@ -267,8 +265,6 @@ class ImageTokenizerConfig:
     entropy_weight: float = 0.02   # MAGVIT-v2 uses 0.1; about 0.02 reconstructs better at toy scale
     mse_weight: float = 1.0        # reconstruction = mse_weight * MSE + l1_weight * L1 (pixels in [-1, 1])
     l1_weight: float = 0.0
-    patch: int = 0                 # > 0: PatchEncoder/PatchDecoder, one token per patch x patch pixels
-                                   # (hidden width channels[0]); 0: the convolutional Encoder/Decoder
 
     def __post_init__(self):
         for width in self.channels:
@@ -280,8 +276,6 @@ class ImageTokenizerConfig:
 
     @property
     def downsample(self):
-        if self.patch:
-            return self.patch
         return 2 ** len(self.channels)  # space-to-depth, then one strided conv per further level
 
     @property
@@ -397,51 +391,6 @@ class Decoder(nn.Module):
         return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), 2)  # (B, 12, H/2, W/2) -> (B, 3, H, W)
 
 
-class PatchEncoder(nn.Module):
-    """(B, 3, H, W) -> (B, K, H/p, W/p), every p x p patch on its own: a linear map of its pixels
-    (a conv with kernel = stride = p: ViT's patch embedding), two more layers, then the latent
-    centred over the batch. For worlds whose patches are independent: in the shapes world p = 16
-    is one token per grid cell, and a cell holds one of 37 things (36 objects or nothing).
-
-    Why the centring: the dark background dominates every patch, so at first all patches land on
-    nearly the same sign pattern, and straight-through gradients cannot split a code that several
-    objects share. Subtracting each channel's batch mean makes every bit a split of the batch from
-    the first step (a running mean in eval mode, as BatchNorm keeps, so that a code never depends on
-    the other images of a batch). Without it, 26 codes for the 37 cell contents (40% of held-out
-    reconstructions right); with it, all 37."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        width, K = cfg.channels[0], cfg.codebook_bits
-        self.embed = nn.Conv2d(3, width, cfg.patch, stride=cfg.patch)
-        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, K))
-        self.register_buffer("running_mean", torch.zeros(K))
-
-    def forward(self, x):
-        z = self.mlp(self.embed(x).permute(0, 2, 3, 1))         # (B, C, h, w) -> (B, h, w, C) -> (B, h, w, K)
-        if self.training:
-            mean = z.mean((0, 1, 2))                              # (K,) over every token of the batch
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.float(), 0.1)
-        else:
-            mean = self.running_mean.to(z.dtype)
-        return (z - mean).permute(0, 3, 1, 2)                     # (B, K, h, w)
-
-
-class PatchDecoder(nn.Module):
-    """(B, K, h, w) codes -> (B, 3, h*p, w*p): the mirror image, each patch from its own code."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        width, K = cfg.channels[0], cfg.codebook_bits
-        self.mlp = nn.Sequential(nn.Linear(K, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
-        self.unembed = nn.ConvTranspose2d(width, 3, cfg.patch, stride=cfg.patch)
-
-    def forward(self, q):
-        h = self.mlp(q.permute(0, 2, 3, 1))                       # (B, K, h, w) -> (B, h, w, C)
-        return self.unembed(h.permute(0, 3, 1, 2))                # (B, C, h, w) -> (B, 3, h*p, w*p)
-
-
 class ImageTokenizer(nn.Module):
     """The LFQ autoencoder. Public API: encode(images) -> codes (B, h, w) int64 in [0, 2^K),
     decode(codes) -> images (B, 3, H, W) in [-1, 1]; forward(images) for training."""
@@ -449,9 +398,9 @@ class ImageTokenizer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.encoder = PatchEncoder(cfg) if cfg.patch else Encoder(cfg)
+        self.encoder = Encoder(cfg)
         self.quantizer = LFQ(cfg.codebook_bits, cfg.tau, cfg.entropy_group_bits, cfg.entropy_tokens)
-        self.decoder = PatchDecoder(cfg) if cfg.patch else Decoder(cfg)
+        self.decoder = Decoder(cfg)
 
     @property
     def codebook_size(self):

@@ -103,40 +103,6 @@ def test_image_tokenizer_shapes_and_code_range():
     assert torch.allclose(model(images)[0].clamp(-1, 1), recon, atol=1e-5)
 
 
-def test_patch_tokenizer_is_local_and_its_codes_do_not_depend_on_the_batch(tmp_path):
-    """The patch autoencoder (the shapes preset: one token per 16x16 grid cell) sees each patch on its
-    own: a change inside one patch changes that token only, and decoding a code changes that patch
-    only. Its latent is centred with batch statistics in training and a running mean in eval mode,
-    so an image gets the same codes alone as in any batch, also after a checkpoint round trip."""
-    torch.manual_seed(0)
-    cfg = ImageTokenizerConfig(image_size=16, channels=(32,), codebook_bits=6, patch=8)
-    model = ImageTokenizer(cfg)
-    images = torch.rand(8, 3, 16, 16) * 2 - 1
-    z = model.encoder(images)                                      # training mode: batch-centred
-    assert z.shape == (8, 6, 2, 2) and z.mean((0, 2, 3)).abs().max() < 1e-5
-    for _ in range(50):                                            # the running mean follows the batches
-        model(images)
-    batch_mean = model.encoder.mlp(model.encoder.embed(images).permute(0, 2, 3, 1)).mean((0, 1, 2))
-    assert torch.allclose(model.encoder.running_mean, batch_mean, atol=1e-3)
-    model.eval()
-    codes = model.encode(images)
-    assert codes.shape == (8, 2, 2)
-    assert torch.equal(model.encode(images[3:4]), codes[3:4])     # alone = in a batch
-    changed = images.clone()
-    changed[:, :, 8:, :8] = torch.rand(8, 3, 8, 8) * 2 - 1         # new pixels in the bottom-left patch only
-    other = model.encode(changed)
-    assert torch.equal(other[:, 0], codes[:, 0]) and torch.equal(other[:, 1, 1], codes[:, 1, 1])
-    assert not torch.equal(other[:, 1, 0], codes[:, 1, 0])
-    recoded = codes.clone()
-    recoded[:, 0, 1] = (codes[:, 0, 1] + 1) % 64                   # another code for the top-right patch
-    diff = (model.decode(recoded) - model.decode(codes)).abs().amax(1)  # (8, 16, 16)
-    assert diff[:, :8, 8:].max() > 0
-    assert diff[:, 8:].max() == 0 and diff[:, :8, :8].max() == 0
-    torch.save(image_tokenizer_checkpoint(model, step=1), tmp_path / "tok.pt")
-    loaded, _ = load_image_tokenizer(tmp_path / "tok.pt")
-    assert torch.equal(loaded.encode(images), codes)              # the running mean is saved with it
-
-
 def test_encode_and_decode_reject_wrong_inputs_clearly():
     model = ImageTokenizer(TINY).eval()
     with pytest.raises(ValueError, match="images_to_tensor"):

@@ -14,7 +14,7 @@ from tokenizer import load_image_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["tokenizer", "--dataset", "shapes", "--limit", "200", "--eval-images", "40", "--image-size", "16",
-        "--channels", "8,16", "--patch", "0", "--bits", "6", "--batch-size", "20", "--warmup-steps", "2", "--bpe-vocab", "300",
+        "--channels", "8,16", "--bits", "6", "--batch-size", "20", "--warmup-steps", "2", "--bpe-vocab", "300",
         "--device", "cpu"]
 
 
