@@ -43,10 +43,11 @@ from pathlib import Path
 
 import torch
 
-from model import (KVCache, Showo, ShowoConfig, generate_images, generate_text, joint_loss, mask_image_tokens,
-                   optimizer_groups, sample_next, training_labels)
-from tokenizer import LFQ, ImageTokenizer, ImageTokenizerConfig
-from train import TOKENIZER_PRESETS, TokenizerTrainConfig, autocast, autodetect_device
+from model import (IGNORE, KVCache, Showo, ShowoConfig, generate_images, generate_text, joint_loss,
+                   mask_image_tokens, optimizer_groups, sample_next, training_labels)
+from tokenizer import LFQ, ImageTokenizer
+from train import (SHOWO_PRESETS, TOKENIZER_PRESETS, TokenizerTrainConfig, autodetect_device, batch_losses,
+                   tokenizer_model_config)
 
 
 def median_time(fn, repeats, device):
@@ -133,9 +134,7 @@ def bench_tokenizer(args):
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
-    preset = TokenizerTrainConfig(**TOKENIZER_PRESETS["shapes"])
-    model_cfg = ImageTokenizerConfig(codebook_bits=preset.bits, res_blocks=preset.res_blocks, patch=preset.patch,
-                                     channels=tuple(int(c) for c in preset.channels.split(",")))
+    model_cfg = tokenizer_model_config(TokenizerTrainConfig(**TOKENIZER_PRESETS["shapes"]))
     model = ImageTokenizer(model_cfg).to(device).eval()
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
     seconds = median_time(lambda: model.decode(model.encode(images)), args.repeats, device)
@@ -163,61 +162,76 @@ def bench_tokenizer(args):
                 vq_ms={str(2 ** b): round(by["vq", b]["ms"], 3) for b in args.bits})
 
 
-TRAIN_SIZES = {  # name: (model, rows per batch); the main job's Show-o (4 layers, width 128) lies between
-    "small": (dict(n_layer=2, n_head=4, n_embd=128), 32),
-    "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64),
+TRAIN_SIZES = {  # name: (model options, rows per batch, image tokens)
+    # the main job's own Show-o: the shapes preset's model (its additions included), 4x4-token images
+    "main": (dict(n_layer=4, n_head=4, n_embd=SHOWO_PRESETS["shapes"]["n_embd"],
+                  slot_embedding=SHOWO_PRESETS["shapes"]["slot_embedding"], text_conv=SHOWO_PRESETS["shapes"]["text_conv"],
+                  codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["bits"]), 64, 16),
+    "small": (dict(n_layer=2, n_head=4, n_embd=128), 32, 64),    # 8x8-token images, as CIFAR-10's
+    "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64, 64),
 }
 
 
-def bench_model(size, image_tokens, device):
-    """A randomly initialised Show-o of one of TRAIN_SIZES, with the main job's vocabulary sizes."""
+def bench_model(size, device, image_tokens=None):
+    """A randomly initialised Show-o of one of TRAIN_SIZES (text vocabulary as the shapes BPE's)."""
+    options, _, tokens = TRAIN_SIZES[size]
     torch.manual_seed(0)
-    return Showo(ShowoConfig(text_vocab_size=512, codebook_size=1024, image_tokens=image_tokens,
-                             **TRAIN_SIZES[size][0])).to(device)
+    return Showo(ShowoConfig(**{"text_vocab_size": 512, "codebook_size": 1024, **options,
+                                "image_tokens": image_tokens or tokens})).to(device)
 
 
 def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
-    """A mixed batch with random text ids and codes, laid out like the main job's stage 1 but with
-    8x8-token images by default: (ids, labels, task)."""
+    """A mixed batch with random text ids and codes, laid out like the main job's stage 1 (half
+    text-to-image rows, 40% captioning, 10% text only) and, as train.build_batch does, one padded
+    group per task: [(ids, labels, task)]."""
     g = torch.Generator().manual_seed(seed)
     text = lambda: torch.randint(0, space.text_vocab_size, (text_len,), generator=g).tolist()  # noqa: E731
     image = lambda: torch.randint(0, space.codebook_size, (image_tokens,), generator=g)  # noqa: E731
     n_t2i, n_mmu = rows // 2, (rows * 2) // 5
-    batch = ([space.t2i(text(), image()) for _ in range(n_t2i)] + [space.mmu(image(), [], text()) for _ in range(n_mmu)]
-             + [space.lm(text()) for _ in range(rows - n_t2i - n_mmu)])
-    ids, text_targets, task = space.pad_rows(batch)
-    inputs, masked = mask_image_tokens(ids, task, space, g)
-    return inputs, training_labels(ids, text_targets, masked, space), task
+    groups = []
+    for group in ([space.t2i(text(), image()) for _ in range(n_t2i)], [space.mmu(image(), [], text()) for _ in range(n_mmu)],
+                  [space.lm(text()) for _ in range(rows - n_t2i - n_mmu)]):
+        ids, text_targets, task = space.pad_rows(group)
+        inputs, masked = mask_image_tokens(ids, task, space, g)
+        groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
+    return groups
 
 
-def step_flops(model, ids):
-    cfg, (B, L) = model.cfg, ids.shape
-    matrix_params = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith("embed"))
-    return 6 * matrix_params * B * L + 12 * cfg.n_layer * cfg.n_embd * L * B * L
+def step_flops(model, groups):
+    """Matrix-product FLOPs of one training step: 6 x (parameters of the blocks' matrices) per token,
+    6 x (the head's) per position that carries a loss (the only ones it projects), and the attention
+    scores and weighted sums, 12 x layers x width x L per token (forward 1x, backward 2x)."""
+    cfg = model.cfg
+    block_params = sum(p.numel() for n, p in model.blocks.named_parameters() if p.ndim == 2)
+    flops = 0
+    for ids, labels, _ in groups:
+        (B, L), targets = ids.shape, int((labels != IGNORE).sum())
+        flops += 6 * block_params * B * L + 6 * model.head.weight.numel() * targets + 12 * cfg.n_layer * cfg.n_embd * L * B * L
+    return flops
 
 
 def train_case(size, attention_kind, repeats, device):
-    """Median time and peak memory of one training step. Returns a dict."""
-    rows = TRAIN_SIZES[size][1]
-    model = bench_model(size, 64, device).train()
+    """Median time and peak memory of one training step (every task group, the joint loss, backward,
+    AdamW), as train.py takes it. Returns a dict."""
+    _, rows, image_tokens = TRAIN_SIZES[size]
+    model = bench_model(size, device).train()
     if attention_kind == "causal":  # the same model, with SDPA's is_causal path instead of the omni mask
         model.attention_mask = lambda ids: None
-    ids, labels, task = (t.to(device) for t in synthetic_batch(model.space, rows))
+    groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
     optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4)
     weights = dict(t2i=1.0, mmu=1.0, lm=0.1)
 
     def step():
-        with autocast(device):
-            _, losses = model(ids, labels, task)
+        losses = batch_losses(model, groups, device)
         optimizer.zero_grad(set_to_none=True)
         joint_loss(losses, weights).backward()
         optimizer.step()
 
     seconds, peak_mb = time_and_peak_memory(step, repeats, device)
-    tokens = ids.numel()
-    return dict(size=size, attention=attention_kind, rows=rows, length=ids.shape[1], ms=seconds * 1e3,
-                tokens_per_s=tokens / seconds, peak_mb=peak_mb, flops_per_s=step_flops(model, ids) / seconds,
-                params=model.num_params())
+    tokens = sum(ids.numel() for ids, _, _ in groups)
+    return dict(size=size, attention=attention_kind, rows=rows, length=max(ids.shape[1] for ids, _, _ in groups),
+                ms=seconds * 1e3, tokens_per_s=tokens / seconds, peak_mb=peak_mb,
+                flops_per_s=step_flops(model, groups) / seconds, params=model.num_params())
 
 
 def matmul_peak(device, n=1024, repeats=7):
@@ -245,13 +259,15 @@ def bench_train(args):
                   f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
     ratio = {size: round(results[size, "omni"]["ms"] / results[size, "causal"]["ms"], 3) for size in args.sizes}
     print("omni / causal step time: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
+    fraction = {size: round(results[size, "omni"]["flops_per_s"] / peak, 3) for size in args.sizes}
+    print("fraction of the matmul peak (omni): " + ", ".join(f"{k} {v}" for k, v in fraction.items()))
     main_size = "medium" if "medium" in args.sizes else args.sizes[-1]
     omni = results[main_size, "omni"]
     return dict(device=str(device), omni_over_causal=ratio[main_size], omni_over_causal_by_size=ratio,
                 ms_per_step={f"{s}_{k}": round(r["ms"], 2) for (s, k), r in results.items()},
                 tokens_per_s=round(omni["tokens_per_s"]), peak_mem_mb=round(omni["peak_mb"], 1),
                 matmul_peak_gflops=round(peak / 1e9, 1), achieved_gflops=round(omni["flops_per_s"] / 1e9, 1),
-                fraction_of_matmul_peak=round(omni["flops_per_s"] / peak, 3), size=main_size)
+                fraction_of_matmul_peak=fraction[main_size], fraction_of_matmul_peak_by_size=fraction, size=main_size)
 
 
 @torch.no_grad()
@@ -276,7 +292,7 @@ def autoregressive_images(model, prompts, generator):
 
 def sample_case(image_tokens, repeats, batch, device):
     """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size."""
-    model = bench_model("medium", image_tokens, device).eval()
+    model = bench_model("medium", device, image_tokens).eval()
     prompts = [list(range(16))] * batch
     g = torch.Generator().manual_seed(0)
     ar = median_time(lambda: autoregressive_images(model, prompts, g), repeats, device)
@@ -300,7 +316,7 @@ def bench_sample(args):
             print(f"{n:4d} image tokens, batch {args.batch}: MaskGIT T={steps:2d} {r[f'maskgit_T{steps}_s'] * 1e3:8.1f} ms "
                   f"({steps} passes) vs autoregressive {r['ar_s'] * 1e3:8.1f} ms ({n + 1} passes): {speedup:.1f}x")
 
-    model = bench_model("medium", 64, device).eval()
+    model = bench_model("medium", device).eval()
     space = model.space
     prefixes = [space.mmu(torch.arange(64), list(range(16))) for _ in range(args.batch)]  # 84 tokens
     timed = {use: median_time(lambda: generate_text(model, prefixes, 32, use_cache=use, stop_at_eot=False),
@@ -332,8 +348,8 @@ def main(argv=None):
     tok.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
     tok.add_argument("--device", default="auto")
     train = sub.add_parser("train", help="Show-o training step: omni-attention vs plain causal, FLOP/s")
-    train.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=list(TRAIN_SIZES),
-                       help="model sizes to time (the ratio target is read at medium)")
+    train.add_argument("--sizes", nargs="+", default=["main", "small", "medium"], choices=list(TRAIN_SIZES),
+                       help="model sizes to time (main: the main job's own model; the ratio target is read at medium)")
     train.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
     train.add_argument("--rounds", type=int, default=3, help="fresh processes per case; the median one is kept")
     train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
@@ -355,7 +371,7 @@ def main(argv=None):
         return
     if args.command == "train":
         if args.quick:
-            args.sizes, args.repeats, args.rounds = ["small"], 2, 1
+            args.sizes, args.repeats, args.rounds = ["main"], 2, 1
         if args.repeats < 1 or args.rounds < 1:
             parser.error("--repeats and --rounds must be at least 1")
         print(json.dumps(bench_train(args)))

@@ -37,6 +37,7 @@ IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_ind
 
 @dataclass
 class ShowoConfig:
+    """Show-o as published by default. The two options under "Additions" are ours (section below)."""
     text_vocab_size: int = 512     # ids of the BPE text tokenizer
     codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer
     n_layer: int = 4
@@ -47,16 +48,15 @@ class ShowoConfig:
     max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
     image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
-    image_positions: bool = True   # [MASK] slots get a learned embedding of their grid slot (not in the paper)
-    code_positions: bool = False   # known image codes get it too (MaskGIT's way); needs image_positions
-    rope_2d: bool = False          # image tokens rotate by (row, column), text by its index (not in the paper)
-    text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings (not in the paper)
+    # Additions for a small model trained from scratch (not in the paper; off = Show-o as published)
+    slot_embedding: bool = False   # [MASK] slots add a learned embedding of their place on the grid
+    text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} must split into {self.n_head} heads of even size (for RoPE)")
-        if self.rope_2d and math.isqrt(self.image_tokens) ** 2 != self.image_tokens:
-            raise ValueError(f"2D RoPE needs a square grid of image tokens, not {self.image_tokens}")
+        if self.text_conv < 0:
+            raise ValueError(f"text_conv must be >= 0 (0: no text convolution), got {self.text_conv}")
 
     @property
     def space(self):
@@ -69,16 +69,13 @@ class ShowoConfig:
 
 
 # -----------------------------------------------------------------------------
-# Positions: rotary embeddings (RoFormer, arXiv 2104.09864)
+# Positions: rotary embeddings (RoFormer, arXiv 2104.09864), 1D as in Show-o's LLM
 
-def rope_tables(y, x, head_dim, base):
-    """Token positions y, x (..., L) -> cos, sin of shape (..., L, head_dim/2). Pair i of a head's
-    channels turns by angle y * f_i when i is even and x * f_i when i is odd, f_i = base^(-2i/head_dim),
-    so each axis gets every other frequency of the whole range. With y = x = the index in the
-    sequence this is plain 1D RoPE; rope_positions gives image tokens their row and column instead."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=y.device).float() / head_dim)  # (D/2,)
-    even = torch.arange(head_dim // 2, device=y.device) % 2 == 0                              # (D/2,)
-    angles = torch.where(even, y[..., None], x[..., None]).float() * inv_freq                 # (..., L, D/2)
+def rope_tables(positions, head_dim, base):
+    """Token positions (..., L) -> cos, sin of shape (..., L, head_dim/2): channel pair i of a head
+    turns by angle position * base^(-2i/head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)  # (D/2,)
+    angles = positions[..., None].float() * inv_freq                                              # (..., L, D/2)
     return angles.cos(), angles.sin()
 
 
@@ -88,34 +85,6 @@ def apply_rope(x, cos, sin):
     left padding (text-to-image rows) shifts nothing."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, D/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
-
-
-def rope_positions(slot, past=0, grid=None):
-    """Image slots (B, L) (image_slot_index: i at an image's i-th token, -1 elsewhere) -> rotary
-    positions y, x, int64. Without a grid: every token's index n in the sequence on both axes, shape
-    (1, L), one table for the whole batch (1D RoPE, as in Show-o). With grid (2D RoPE), the i-th token
-    of an image (code or [MASK]) sits at (first + i // grid, first + i % grid), first = the index of
-    the image's first token; shape (B, L). A query then scores a key by (rows apart, columns apart)
-    inside an image, so "the cell to my right" or "the top left of the image" is one direction of the
-    rotation, where along the flattened row (1D) the token below is as far away as the token `grid`
-    places to the right. Text after an image still sits after all of it (n >= first + grid^2 >
-    first + grid - 1), and left padding shifts y and x alike, so nothing depends on it. Our option
-    (`--rope-2d`); the paper's LLM has 1D positions only.
-    `past`: tokens already in a KV cache (decoding adds text only, which needs no image slots)."""
-    n = torch.arange(past, past + slot.shape[1], device=slot.device)[None]          # (1, L)
-    if grid is None:
-        return n, n
-    first, inside = n - slot, slot >= 0                                              # (B, L)
-    return torch.where(inside, first + slot // grid, n), torch.where(inside, first + slot % grid, n)
-
-
-def image_slot_index(ids, space):
-    """(B, L) ids -> (B, L) int64: i at the i-th token (0-based, row-major on the tokenizer's grid)
-    of every image span, whether it holds a code or [MASK]; -1 elsewhere ([SOI]/[EOI] included)."""
-    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)                # (B, L)
-    last_soi = torch.where(ids == space.soi, pos, torch.full_like(pos, -1)).cummax(1).values
-    inside = (image_span_index(ids, space) > 0) & (ids != space.soi) & (ids != space.eoi)
-    return torch.where(inside, pos - last_soi - 1, torch.full_like(pos, -1))
 
 
 # -----------------------------------------------------------------------------
@@ -181,47 +150,14 @@ class KVCache:
         return k, v
 
 
-class TextConv(nn.Module):
-    """A short causal convolution over the embeddings: token t gets sum_j w_j * e_{t-j}, j = 1..N, with
-    one learned weight per channel and lag (zero at the start, so the model begins as the plain one).
-
-    Why (not in the paper): to answer "what color is the circle?" the answer is predicted at "?", whose
-    embedding says nothing about circles. Attention must first copy "circle" into "?" (a head that
-    looks at the previous token) before another head can use it to find the circle's image tokens.
-    Show-o inherits such heads from its pretrained LLM; a small model trained from scratch for minutes
-    never formed them: its answer positions looked at every object alike and answered with a random
-    object's colour (README). With this mix "?" holds "circle" from the first layer, as in H3's shift
-    SSM (arXiv 2212.14052) and Canon layers (arXiv 2512.17351), which make associative recall easy."""
-
-    def __init__(self, n_embd, n_prev):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(n_prev, n_embd))  # (N, C): row j weighs the (j+1)-th token back
-
-    def forward(self, e, tail=None):
-        """e (B, L, C) embeddings ([PAD] zeroed); tail (B, N, C) the N embeddings before them (decoding
-        with a KV cache), else zeros -> (mix (B, L, C), the new tail (B, N, C))."""
-        N, (B, L, C) = self.weight.shape[0], e.shape
-        full = torch.cat([e.new_zeros(B, N, C) if tail is None else tail, e], dim=1)  # (B, N + L, C)
-        mix = sum(self.weight[j] * full[:, N - 1 - j:N - 1 - j + L] for j in range(N))  # e_{t-1-j}
-        return mix, full[:, L:]
-
-
 class Showo(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.space = cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
-        # A canvas of [MASK]s is N copies of one id: RoPE only tells them how far apart they are along
-        # the flattened row, so a masked slot cannot tell which row and column of the grid it fills
-        # ("top left") without first finding [SOI]. A learned embedding per grid slot, added to
-        # [MASK] tokens, hands it that. With convolutional codes (64 per image) known codes stayed
-        # position-free: adding it to every image token (as MaskGIT does) helped captions too, but
-        # then this small model never learned to compare a question with the image ("is there a red
-        # circle?" stayed at chance). With one patch-local code per grid cell (the shapes preset) a
-        # code says nothing of where it is, and code_positions adds the slot embedding to known codes
-        # too: questions about an object's cell need it (README). Show-o's LLM has none.
-        self.image_pos = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.image_positions else None
+        # our additions (section below), None when off: then this is Show-o's model as published
+        self.slot_embedding = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.slot_embedding else None
         self.text_conv = TextConv(cfg.n_embd, cfg.text_conv) if cfg.text_conv else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
@@ -265,28 +201,80 @@ class Showo(nn.Module):
         if cache is not None:
             visible = ids != self.space.pad
             cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
-        slot = image_slot_index(ids, self.space)                                       # (B, L), -1 off images
-        grid = math.isqrt(self.cfg.image_tokens) if self.cfg.rope_2d else None
-        pos_y, pos_x = rope_positions(slot, past, grid)
-        cos, sin = rope_tables(pos_y, pos_x, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (B or 1, L, D/2)
-        rope = cos[:, None], sin[:, None]  # (B or 1, 1, L, D/2): shared by the heads
+        positions = torch.arange(past, past + L, device=ids.device)                   # (L,) one table for all rows
+        cos, sin = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (L, D/2)
         x = self.embed(ids)  # (B, L, C)
-        if self.text_conv is not None:  # added to text (every token outside an image span) only
-            mix, tail = self.text_conv(x * (ids != self.space.pad)[..., None], None if past == 0 else cache.tail)
-            x = x + mix * (slot < 0)[..., None]
-            if cache is not None:
-                cache.tail = tail
-        if self.image_pos is not None:
-            if not self.cfg.code_positions:  # [MASK] slots only
-                slot = torch.where(ids == self.space.mask, slot, torch.full_like(slot, -1))
-            x = x + self.image_pos(slot.clamp(0, self.cfg.image_tokens - 1)) * (slot >= 0)[..., None]
+        if self.slot_embedding is not None or self.text_conv is not None:
+            x = x + self.additions(ids, x, cache, past)
         for block in self.blocks:
-            x = block(x, mask, rope, cache)
+            x = block(x, mask, (cos, sin), cache)
         x = self.norm(x)  # (B, L, C)
         if labels is None:
             return self.head(x), None  # (B, L, V)
         # Training: project only the positions that carry a loss (task_losses does); no logits back.
         return None, task_losses(x, labels, task, self.space, self.head)
+
+    def additions(self, ids, x, cache, past):
+        """What our additions add to the embeddings x (B, L, C) of ids (B, L) (section below)."""
+        slot = image_slot_index(ids, self.space)                                       # (B, L), -1 off images
+        extra = torch.zeros_like(x)
+        if self.slot_embedding is not None:  # [MASK] slots only: a known code says what it is already
+            masked = ids == self.space.mask
+            extra = extra + self.slot_embedding(slot.clamp(min=0)) * masked[..., None]
+        if self.text_conv is not None:  # text only (every token outside an image span); [PAD] adds nothing
+            mix, tail = self.text_conv(x * (ids != self.space.pad)[..., None], None if past == 0 else cache.tail)
+            extra = extra + mix * (slot < 0)[..., None]
+            if cache is not None:
+                cache.tail = tail
+        return extra
+
+
+# -----------------------------------------------------------------------------
+# Additions for a small model trained from scratch: not in the paper, each one option of ShowoConfig,
+# off by default. Show-o starts from a pretrained LLM (Phi-1.5); these give a model that starts from
+# nothing, and trains for minutes, two things that LLM brings along (README, "Differences").
+
+def image_slot_index(ids, space):
+    """(B, L) ids -> (B, L) int64: i at the i-th token (0-based, row-major on the tokenizer's grid)
+    of every image span, whether it holds a code or [MASK]; -1 elsewhere ([SOI]/[EOI] included)."""
+    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)                # (B, L)
+    last_soi = torch.where(ids == space.soi, pos, torch.full_like(pos, -1)).cummax(1).values
+    inside = (image_span_index(ids, space) > 0) & (ids != space.soi) & (ids != space.eoi)
+    return torch.where(inside, pos - last_soi - 1, torch.full_like(pos, -1))
+
+
+# slot_embedding: a canvas of [MASK]s is N copies of one id, and RoPE only tells them how far apart
+# they are along the flattened row, so a masked slot cannot tell which row and column of the grid it
+# fills ("the top left") without first finding [SOI]. A learned embedding per grid slot, added to
+# [MASK] tokens only (Showo.additions), hands it that; known codes carry their own content, and
+# adding it to them too had stopped a small model from learning yes/no existence questions (README).
+
+
+class TextConv(nn.Module):
+    """text_conv: a short causal convolution over the embeddings: token t gets sum_j w_j * e_{t-j},
+    j = 1..N, one learned weight per channel and lag (zero at the start, so the model begins as the
+    plain one).
+
+    Why: to answer "what color is the circle?" the answer is predicted at "?", whose embedding says
+    nothing about circles. Attention must first copy "circle" into "?" (a head that looks at the
+    previous token) before another head can use it to find the circle's image tokens. Show-o
+    inherits such heads from its pretrained LLM; a small model trained from scratch for minutes
+    never formed them: its answer positions looked at every object alike and answered with a random
+    object's colour (docs/findings.md). With this mix "?" holds "circle" from the first layer, as in
+    H3's shift SSM (arXiv 2212.14052) and Canon layers (arXiv 2512.17351), which make associative
+    recall easy."""
+
+    def __init__(self, n_embd, n_prev):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_prev, n_embd))  # (N, C): row j weighs the (j+1)-th token back
+
+    def forward(self, e, tail=None):
+        """e (B, L, C) embeddings ([PAD] zeroed); tail (B, N, C) the N embeddings before them (decoding
+        with a KV cache), else zeros -> (mix (B, L, C), the new tail (B, N, C))."""
+        N, (B, L, C) = self.weight.shape[0], e.shape
+        full = torch.cat([e.new_zeros(B, N, C) if tail is None else tail, e], dim=1)  # (B, N + L, C)
+        mix = sum(self.weight[j] * full[:, N - 1 - j:N - 1 - j + L] for j in range(N))  # e_{t-1-j}
+        return mix, full[:, L:]
 
 
 # -----------------------------------------------------------------------------
@@ -398,8 +386,8 @@ def gumbel(shape, generator, device):
 
 
 @torch.no_grad()
-def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False, temperature=4.5,
-                    known=None, generator=None, record=False):
+def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, known=None, generator=None,
+                    record=False):
     """Text-to-image by iterative parallel decoding (MaskGIT), with Show-o's layout.
 
     prompts: B lists of text ids (an empty list is the unconditional prompt).
@@ -407,14 +395,15 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
              and extrapolation use the same loop; known codes never change.
     Each step: run the model on [T2I] [SOT] prompt [EOT] [SOI] canvas [EOI]; keep the logits of the
     image slots, restricted to the 2^K codes; with guidance s, mix (1 + s) cond - s uncond (both in
-    one batched forward; guidance_ramp raises it linearly, s (t+1)/T at step t, as MUSE does);
-    sample a code at every slot (known slots keep theirs); confidence = log p of the sampled code,
+    one batched forward); sample a code at every slot (known slots keep theirs); confidence = log p of the sampled code,
     +inf at known slots; keep masked the n lowest of confidence + temperature_t x Gumbel noise,
     with n from masking_schedule, clamped to [1, unknown - 1] before the last step, and the
     temperature annealed linearly to 0: temperature_t = temperature x (1 - (step + 1) / steps)
     (Show-o's code multiplies it again every step, so its annealing compounds; this one does not).
-    Returns codes (B, N) (the last step's samples) and, with record=True, the canvas after every
-    step as a list of (B, N) tensors with -1 at masked slots."""
+    The clamp makes every step fix at least one token of every row still being drawn, and the loop
+    stops as soon as no slot is masked: with more steps than tokens, no forward pass is wasted.
+    Returns codes (B, N) and, with record=True, the canvas after every step taken as a list of
+    (B, N) tensors with -1 at masked slots."""
     space, n = model.space, model.cfg.image_tokens
     device = next(model.parameters()).device
     if steps < 1:
@@ -439,18 +428,19 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
     to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
     history = []
     for step in range(steps):
+        if not (known < 0).any():        # every slot is fixed: nothing left to draw
+            break
         canvas = torch.where(known >= 0, known + space.image_offset, torch.full_like(known, space.mask))  # (B, n)
         ids[:, slots] = canvas.repeat(len(rows) // B, 1)
         logits, _ = model(ids)
         logits = logits[:, slots, space.image_offset:space.mask].float()  # (B or 2B, n, C) codes only
         if guidance > 0:
-            logits = classifier_free_guidance(logits, guidance * (step + 1) / steps if guidance_ramp else guidance)
+            logits = classifier_free_guidance(logits, guidance)
         log_probs = logits.log_softmax(-1)
         sampled = torch.multinomial(log_probs.exp().view(B * n, -1).cpu(), 1, generator=generator).view(B, n)
         sampled = torch.where(known >= 0, known, sampled.to(device))
         confidence = log_probs.gather(-1, sampled[..., None])[..., 0]
         confidence = torch.where(known >= 0, torch.full_like(confidence, math.inf), confidence)
-        codes = sampled
         unknown = (known < 0).sum(1)                                                      # (B,)
         if step == steps - 1:
             keep_masked = torch.zeros_like(unknown)
@@ -464,7 +454,7 @@ def generate_images(model, prompts, steps=12, guidance=0.0, guidance_ramp=False,
         known = torch.where(remask, torch.full_like(sampled, -1), sampled)
         if record:
             history.append(known.cpu().clone())
-    return codes.cpu(), history
+    return known.cpu(), history
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):

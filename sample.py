@@ -187,7 +187,7 @@ def stitch(panorama, frame, direction, grid_px, shift_px):
 # Tasks
 
 def image_options(args):
-    return dict(steps=args.steps, guidance=args.cfg, guidance_ramp=args.cfg_ramp, temperature=args.remask_temperature)
+    return dict(steps=args.steps, guidance=args.cfg, temperature=args.remask_temperature)
 
 
 def run_t2i(pipe, args, generator):
@@ -279,7 +279,6 @@ def build_parser():
     parser.add_argument("-n", type=int, default=4, help="images per prompt (t2i, inpaint)")
     parser.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps T")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale s: (1+s) cond - s uncond")
-    parser.add_argument("--cfg-ramp", action="store_true", help="raise the guidance linearly to --cfg over the steps (MUSE)")
     parser.add_argument("--remask-temperature", type=float, default=4.5,
                         help="Gumbel noise on the re-masking confidence, annealed linearly to 0 (MaskGIT's 4.5)")
     parser.add_argument("--temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")

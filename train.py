@@ -129,7 +129,6 @@ class TokenizerTrainConfig:
     entropy_tokens: int = 1024    # tokens per step sampled for the penalty's batch-mean code distribution
     mse_weight: float = 1.0       # reconstruction loss = mse_weight * MSE + l1_weight * L1
     l1_weight: float = 0.0        # (pixels in [-1, 1]); e.g. --mse-weight 0 --l1-weight 1 for L1 only
-    patch: int = 0                # > 0: the patch autoencoder, one token per patch x patch pixels, hidden width = channels
     tau: float = 0.01             # temperature of p(code | latent) in the entropy penalty
     # optimisation
     max_steps: int = 1500         # optimizer steps in all (a resumed run continues to this)
@@ -148,20 +147,14 @@ class TokenizerTrainConfig:
     resume: bool = False          # continue from OUT/tokenizer.pt
 
 
-# Presets: chosen for the README's quality targets. On the slow 2-core machine the shapes preset takes
-# about 1 min (target 5) and CIFAR-10's about 57 min (target 30): see the README's Results.
+# Presets: chosen for the README's quality targets (README, "Results").
 TOKENIZER_PRESETS = {
-    # shapes: the patch autoencoder with 16x16 patches, one token per grid cell of the scene (2x2
-    # tokens, Show-o's 16x downsampling). A cell holds one of 37 things and the cells are
-    # independent, so each patch is encoded on its own and every one of the 37 gets its own code:
-    # 100% scorer agreement after 1,200 steps in about a minute. The convolutional preset before
-    # it (4x4 tokens, `--channels 64,128,128 --patch 0 --entropy-weight 0.025 --tau 0.01
-    # --max-steps 900`) took 8.1 min for 99.3%, and gave the same object several codes depending on
-    # its neighbours. The patch tokenizer needs the softer entropy temperature (tau 0.1: four seeds
-    # out of four gave all 37 codes; at 0.01 and weight 0.3, two of three seeds left objects sharing
-    # a code) and a strong weight (0.3).
-    "shapes": dict(bits=10, channels="256", patch=16, max_steps=1200, eval_every=300, entropy_weight=0.3,
-                   tau=0.1, out="out/shapes"),
+    # shapes: 8x downsampling, 4x4 tokens per image (a grid cell of the scene is 2x2 tokens).
+    # K = 12: with 1,024 codes (K = 10) the codes of rare objects collided for a long time and the
+    # scorer agreed with 92-100% of reconstructions after 900 steps, depending on the seed; with
+    # 4,096 codes every seed is above 98% by step 600 (docs/findings.md).
+    "shapes": dict(bits=12, channels="64,128,128", max_steps=600, eval_every=200, entropy_weight=0.025,
+                   out="out/shapes"),
     # CIFAR-10: a stronger entropy penalty, taken over every token of the batch, keeps >= 90% of the
     # codes in use on natural images. K = 15 at weight 0.03: 24.18 dB with 91.8% of the codes used
     # (at 0.05: 23.79 dB, 96%); K = 16 24.03 dB but 22% of its 65,536 codes unused (README, "Results").
@@ -248,6 +241,14 @@ def train_text_tokenizer(ds, cfg):
 RESUME_MUST_MATCH = ("dataset", "limit", "image_size", "batch_size", "seed", "lr", "warmup_steps", "min_lr_frac")
 
 
+def tokenizer_model_config(cfg):
+    """The image tokenizer's own config (tokenizer.ImageTokenizerConfig) from the training knobs."""
+    return ImageTokenizerConfig(image_size=cfg.image_size, codebook_bits=cfg.bits,
+                                channels=tuple(int(c) for c in cfg.channels.split(",")), res_blocks=cfg.res_blocks,
+                                entropy_weight=cfg.entropy_weight, entropy_tokens=cfg.entropy_tokens,
+                                mse_weight=cfg.mse_weight, l1_weight=cfg.l1_weight, tau=cfg.tau)
+
+
 def train_tokenizer(cfg):
     device = autodetect_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -269,11 +270,7 @@ def train_tokenizer(cfg):
         sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size})")
     train_text_tokenizer(train_ds, cfg)
 
-    model_cfg = ImageTokenizerConfig(image_size=cfg.image_size, codebook_bits=cfg.bits,
-                                     channels=tuple(int(c) for c in cfg.channels.split(",")),
-                                     res_blocks=cfg.res_blocks, entropy_weight=cfg.entropy_weight,
-                                     entropy_tokens=cfg.entropy_tokens,
-                                     mse_weight=cfg.mse_weight, l1_weight=cfg.l1_weight, patch=cfg.patch, tau=cfg.tau)
+    model_cfg = tokenizer_model_config(cfg)
     model, ckpt, step = ImageTokenizer(model_cfg), None, 0
     if cfg.resume and os.path.exists(ckpt_path):
         model, ckpt = load_image_tokenizer(ckpt_path)
@@ -363,10 +360,9 @@ class ShowoTrainConfig:
     n_head: int = 4               # attention heads (QK-Norm per head)
     n_embd: int = 256             # width
     max_text: int = 40            # text ids per [SOT]..[EOT] span; longer text is cut
-    rope_only: bool = False       # no learned image slot positions, RoPE only (with --text-conv 0: the paper's model)
-    rope_2d: bool = False         # image tokens get 2D (row, column) RoPE, not 1D as in the paper
-    code_positions: bool = False  # known image codes get the learned grid-slot embedding too, not only [MASK]
-    text_conv: int = 3            # text tokens also add the previous N tokens' embeddings (0: the paper's model)
+    # our additions to the model (model.py, "Additions"); both off = Show-o as published
+    slot_embedding: bool = False  # [MASK] slots add a learned embedding of their place on the token grid
+    text_conv: int = 0            # text tokens also add a learned mix of the previous N tokens' embeddings
     # the batch: fractions of its rows per task (they are normalised to sum to 1)
     t2i_frac: float = 0.5         # text-to-image rows (MTP loss)
     caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
@@ -408,7 +404,8 @@ SHOWO_STAGES = {
 # positions (then on every image token) lr 5e-3 beat 3e-3: held-out text-to-image loss after 300
 # steps 0.67 vs 0.70. code_positions: with one patch-local code per grid cell (the shapes tokenizer)
 # known codes need their slot too (VQA 0.74 -> 0.90 on the main job; README).
-SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3, code_positions=True), "cifar10": dict(max_steps=2000),
+SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, lr=5e-3, slot_embedding=True, text_conv=3),
+                 "cifar10": dict(max_steps=2000),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
                            "warmup_steps", "min_lr_frac", "max_steps", "grad_clip", "t2i_frac", "caption_frac",
@@ -639,8 +636,7 @@ def train_showo(cfg):
     model_cfg = ShowoConfig(text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, max_text=cfg.max_text,
                             image_tokens=image_tok.cfg.latent_size ** 2, flex_attention=cfg.flex_attention,
-                            image_positions=not cfg.rope_only, rope_2d=cfg.rope_2d,
-                            text_conv=cfg.text_conv, code_positions=cfg.code_positions and not cfg.rope_only)
+                            slot_embedding=cfg.slot_embedding, text_conv=cfg.text_conv)
     del image_tok
 
     # Data: images become codes once (cached); rows are built per step from codes and text.
@@ -672,7 +668,7 @@ def train_showo(cfg):
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, model_cfg.text_vocab_size, model_cfg.codebook_size, digest, text_digest)
         if init_model.cfg != model_cfg:
-            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --rope-only, --rope-2d, --code-positions and --text-conv options")
+            sys.exit(f"error: {cfg.init} has a different model shape ({init_model.cfg}); use the same --n-*, --slot-embedding and --text-conv options")
         model = init_model
         print(f"initialised from {cfg.init} (stage {init_ckpt.get('train_config', {}).get('stage')}, "
               f"step {init_ckpt.get('step')})")
@@ -853,26 +849,32 @@ def plot_losses(log_paths, path, width=640, height=320):
     img.save(path)
 
 
-def main_job(tok_parser, showo_parser):
+def main_job(args, tok_parser, showo_parser):
     """`python train.py`: the image and text tokenizers, Show-o's three stages and the evaluation on
-    the shapes world; every part resumes if the job was interrupted and is skipped if finished."""
+    the shapes world; every part resumes if the job was interrupted and is skipped if finished.
+    args: the main job's own options (--seed, --out, and the model's additions for ablations)."""
     t0 = time.time()
-    tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(["--resume"]), tok_parser)
-    run_dir = os.path.dirname(tokenizer_ckpt)
+    run_dir = args.out or ("out/shapes" if args.seed == 0 else f"out/shapes-seed{args.seed}")
+    common = ["--seed", str(args.seed)]
+    tok_argv = common + ["--out", run_dir, "--resume"]
+    tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(tok_argv), tok_parser)
+    additions = [] if args.slot_embedding is None else ["--slot-embedding" if args.slot_embedding else "--no-slot-embedding"]
+    additions += [] if args.text_conv is None else ["--text-conv", str(args.text_conv)]
     init, logs = None, []
     for stage, steps in MAIN_JOB_STAGES.items():
-        argv = ["--stage", str(stage), "--max-steps", str(steps), "--resume"] + (["--init", init] if init else [])
-        init = main_showo(showo_parser.parse_args(argv), showo_parser)
+        argv = common + additions + ["--stage", str(stage), "--max-steps", str(steps), "--resume",
+                                     "--tokenizer", tokenizer_ckpt, "--out", os.path.join(run_dir, f"stage{stage}")]
+        init = main_showo(showo_parser.parse_args(argv + (["--init", init] if init else [])), showo_parser)
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     train_minutes = (time.time() - t0) / 60
     from evaluate import evaluate_showo, evaluate_tokenizer
     from model import generate_images
     from sample import Pipeline, steps_strip
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
-    metrics["showo"] = evaluate_showo(init, "shapes", out_dir=run_dir)
+    metrics["showo"] = evaluate_showo(init, "shapes", seed=args.seed, out_dir=run_dir)
     pipe = Pipeline(init)  # one decoding, step by step, for learners to watch
     _, history = generate_images(pipe.model, [pipe.encode_text(MAIN_JOB_PROMPT)], steps=12, guidance=2.0,
-                                 generator=torch.Generator().manual_seed(0), record=True)
+                                 generator=torch.Generator().manual_seed(args.seed), record=True)
     steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
     plot_losses(logs, os.path.join(run_dir, "losses.png"))
     metrics["minutes"] = dict(training=round(train_minutes, 2), total=round((time.time() - t0) / 60, 2))
@@ -889,6 +891,13 @@ def main_job(tok_parser, showo_parser):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    job = parser.add_argument_group("the main job (no command)")
+    job.add_argument("--seed", type=int, default=0, help="seed of every part of the main job [default 0]")
+    job.add_argument("--out", default=None, help="run folder [default out/shapes, out/shapes-seedN for seed N]")
+    job.add_argument("--slot-embedding", action=argparse.BooleanOptionalAction, default=None,
+                     help="turn the slot-embedding addition on or off in every stage [default: the shapes preset]")
+    job.add_argument("--text-conv", type=int, default=None,
+                     help="the text-convolution addition's width in every stage, 0 = off [default: the shapes preset]")
     sub = parser.add_subparsers(dest="command")
     tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
     add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS)
@@ -896,7 +905,7 @@ def main(argv=None):
     add_config_arguments(showo, ShowoTrainConfig, SHOWO_PRESETS)
     args = parser.parse_args(argv)
     if args.command is None:
-        return main_job(tok, showo)
+        return main_job(args, tok, showo)
     if args.command == "showo":
         return main_showo(args, showo)
     return main_tokenizer(args, tok)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (IGNORE, SelfAttention, Showo, ShowoConfig, TextConv, apply_rope, image_slot_index, joint_loss,
-                   mask_image_tokens, optimizer_groups, rope_positions, rope_tables, task_losses, training_labels)
+                   mask_image_tokens, optimizer_groups, rope_tables, task_losses, training_labels)
 
 CFG = ShowoConfig(text_vocab_size=20, codebook_size=16, n_layer=2, n_head=4, n_embd=32)
 SPACE = CFG.space
@@ -28,8 +28,7 @@ def test_qk_norm_is_per_head_and_before_rope():
             norm.bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 7, CFG.n_embd)
     mask = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
-    n = torch.arange(7)
-    rope = rope_tables(n, n, CFG.n_embd // CFG.n_head, CFG.rope_base)
+    rope = rope_tables(torch.arange(7), CFG.n_embd // CFG.n_head, CFG.rope_base)
     out = attn(x, mask, rope)
 
     # the order spelled out: projection -> per-head LayerNorm -> RoPE -> attention
@@ -52,47 +51,28 @@ def test_qk_norm_is_per_head_and_before_rope():
     torch.testing.assert_close(attn(x, mask, rope), out, atol=1e-4, rtol=1e-4)
 
 
+def test_default_config_is_show_o_as_published():
+    # no argument builds the paper's model: 1D RoPE, per-head QK-Norm, none of our additions
+    model = Showo(ShowoConfig())
+    assert model.slot_embedding is None and model.text_conv is None
+    assert not any(name.startswith(("slot_embedding", "text_conv")) for name, _ in model.named_parameters())
+    attn = model.blocks[0].attn
+    assert attn.q_norm.normalized_shape == attn.k_norm.normalized_shape == (attn.head_dim,)
+
+
 def rope_score(q, k, q_pos, k_pos):
-    """The attention score of query q at (y, x) q_pos and key k at k_pos, after RoPE."""
-    cq, sq = rope_tables(torch.tensor([q_pos[0]]), torch.tensor([q_pos[1]]), q.shape[-1], 10000.0)
-    ck, sk = rope_tables(torch.tensor([k_pos[0]]), torch.tensor([k_pos[1]]), k.shape[-1], 10000.0)
+    """The attention score of query q at position q_pos and key k at k_pos, after RoPE."""
+    cq, sq = rope_tables(torch.tensor([q_pos]), q.shape[-1], 10000.0)
+    ck, sk = rope_tables(torch.tensor([k_pos]), k.shape[-1], 10000.0)
     return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
 
 
 def test_rope_scores_depend_only_on_relative_position():
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    score = lambda m, n: rope_score(q, k, (m, m), (n, n))  # noqa: E731  (y = x: 1D RoPE)
+    score = lambda m, n: rope_score(q, k, m, n)  # noqa: E731
     torch.testing.assert_close(score(5, 2), score(105, 102))
     torch.testing.assert_close(score(0, 7), score(30, 37))
     assert not torch.allclose(score(5, 2), score(5, 3))
-
-
-def test_2d_rope_scores_depend_only_on_rows_and_columns_apart():
-    torch.manual_seed(0)
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    torch.testing.assert_close(rope_score(q, k, (3, 5), (1, 2)), rope_score(q, k, (13, 25), (11, 22)))
-    # two rows down and three columns right is not three rows down and two columns right
-    assert not torch.allclose(rope_score(q, k, (3, 5), (1, 2)), rope_score(q, k, (3, 5), (0, 3)))
-
-
-def test_2d_rope_positions_put_image_tokens_on_their_grid():
-    # [T2I] [SOT] a b [EOT] [SOI] c0 c1 c2 c3 [EOI] with a 2x2 grid: the image starts at index 6
-    ids, _, _ = SPACE.pad_rows([SPACE.t2i([1, 2], torch.tensor([3, 1, 4, 1]))])
-    slot = image_slot_index(ids, SPACE)
-    y, x = rope_positions(slot, grid=2)
-    assert y[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 7, 7, 10]
-    assert x[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 6, 7, 10]
-    assert [t[0].tolist() for t in rope_positions(slot)] == [list(range(11))] * 2
-
-
-def test_2d_rope_changes_image_rows_only():
-    # same weights: a text-only row gives the same logits with 1D or 2D RoPE, an image row does not
-    model, flat = tiny_model(image_tokens=4, rope_2d=True), tiny_model(image_tokens=4)
-    flat.load_state_dict(model.state_dict())
-    for row, changed in ((SPACE.lm([1, 2, 3]), False), (SPACE.mmu(torch.tensor([3, 1, 4, 1]), [1, 2]), True)):
-        ids, _, _ = SPACE.pad_rows([row])
-        with torch.no_grad():
-            assert torch.allclose(model(ids)[0], flat(ids)[0]) != changed, row.ids
 
 
 @pytest.mark.parametrize("text_conv", [0, 3])
@@ -154,33 +134,17 @@ def test_image_slots_count_grid_positions_inside_each_image_only():
         assert (slot[b, [p for p in range(ids.shape[1]) if p not in body]] == -1).all()  # text, specials, pad
 
 
-def test_slot_positions_reach_masked_slots_only():
+def test_slot_embedding_reaches_masked_slots_only():
     # known codes (understanding rows, the visible part of a canvas) embed the same in every slot;
     # only a [MASK] learns where it is
-    model, rope_only = tiny_model(image_tokens=4), tiny_model(image_tokens=4, image_positions=False)
-    rope_only.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("image_pos")})
+    model, plain = tiny_model(image_tokens=4, slot_embedding=True), tiny_model(image_tokens=4)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("slot_embedding")})
     img = torch.tensor([3, 1, 4, 1])
     for row, changed in ((SPACE.mmu(img, [1, 2]), False), (SPACE.t2i([1, 2], img), False),
                          (SPACE.t2i([1, 2], 4), True)):
         ids, _, _ = SPACE.pad_rows([row])
         with torch.no_grad():
-            assert torch.allclose(model(ids)[0], rope_only(ids)[0]) != changed, row.ids
-
-
-def test_code_positions_put_the_slot_embedding_on_known_codes_too():
-    # code_positions (the shapes preset, one token per grid cell): a known code also learns where it
-    # is, so "what is in the top left?" can find it; [MASK] slots keep theirs
-    plain, with_codes = tiny_model(image_tokens=4), tiny_model(image_tokens=4, code_positions=True)
-    no_pos = tiny_model(image_tokens=4, image_positions=False)
-    no_pos.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("image_pos")})
-    img = torch.tensor([3, 1, 4, 1])
-    for row in (SPACE.mmu(img, [1, 2]), SPACE.t2i([1, 2], img), SPACE.t2i([1, 2], 4)):
-        ids, _, _ = SPACE.pad_rows([row])
-        with torch.no_grad():
-            assert not torch.allclose(with_codes(ids)[0], no_pos(ids)[0]), row.ids
-    masked_canvas, _, _ = SPACE.pad_rows([SPACE.t2i([1, 2], 4)])  # only [MASK]s: the two models agree
-    with torch.no_grad():
-        assert torch.allclose(with_codes(masked_canvas)[0], plain(masked_canvas)[0])
+            assert torch.allclose(model(ids)[0], plain(ids)[0]) != changed, row.ids
 
 
 def batch(rows, seed=0):

@@ -18,12 +18,12 @@ def model():
     return Showo(CFG).eval()
 
 
-@pytest.fixture(scope="module", params=["rope-1d", "rope-2d", "text-conv"])
-def either_rope(request):
-    """The model with 1D RoPE (the paper's), with 2D RoPE on image tokens (--rope-2d), and with the
-    text convolution (--text-conv), whose cache also carries the last tokens' embeddings."""
+@pytest.fixture(scope="module", params=["paper", "slot-embedding", "text-conv"])
+def any_model(request):
+    """The paper's model and each of our additions: the slot embedding, and the text convolution,
+    whose cache also carries the last tokens' embeddings."""
     torch.manual_seed(0)
-    model = Showo(dataclasses.replace(CFG, rope_2d=request.param == "rope-2d",
+    model = Showo(dataclasses.replace(CFG, slot_embedding=request.param == "slot-embedding",
                                       text_conv=2 if request.param == "text-conv" else 0)).eval()
     if model.text_conv is not None:  # it starts at zero, which would hide a wrong cache
         torch.nn.init.normal_(model.text_conv.weight)
@@ -53,6 +53,36 @@ def test_every_step_unmasks_at_least_one_token_even_with_many_steps(model):
     _, history = generate_images(model, [[1]], steps=30, generator=g, record=True)  # more steps than tokens
     counts = [int(h.lt(0).sum()) for h in history]
     assert counts[-1] == 0 and all(b < a for a, b in zip([16] + counts, counts) if a > 0)
+
+
+@pytest.mark.parametrize("tokens", [16, 64])
+def test_every_step_of_the_default_schedule_fixes_a_new_token(tokens):
+    # sample.py's and evaluate.py's default: T = 12 steps. No step repeats the canvas before it, so a
+    # picture of the decoding (steps.png) shows 12 distinct frames
+    torch.manual_seed(0)
+    model = Showo(dataclasses.replace(CFG, image_tokens=tokens)).eval()
+    _, history = generate_images(model, [[1, 2], [3]], steps=12, guidance=2.0,
+                                 generator=torch.Generator().manual_seed(0), record=True)
+    masked = [tokens] + [int(h[0].lt(0).sum()) for h in history]
+    assert len(history) == 12 and masked[-1] == 0
+    assert all(after < before for before, after in zip(masked, masked[1:]))
+
+
+def test_the_sampler_stops_when_nothing_is_masked(model, monkeypatch):
+    # more steps than slots to draw: after the last masked slot is fixed, no more forward passes
+    passes = []
+    real_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda ids, *a, **k: (passes.append(1), real_forward(ids, *a, **k))[1])
+    known = torch.arange(16).repeat(2, 1)
+    known[0, :3], known[1, :5] = -1, -1                          # 3 and 5 slots to inpaint
+    codes, history = generate_images(model, [[1], [2]], steps=12, known=known,
+                                     generator=torch.Generator().manual_seed(0), record=True)
+    steps_with_masked = sum(int((before < 0).any()) for before in [known] + history[:-1])
+    assert len(passes) == len(history) == steps_with_masked == 5   # the row with 5 slots sets the pace
+    assert (codes >= 0).all() and torch.equal(codes[:, 5:], known[:, 5:])
+    passes.clear()
+    generate_images(model, [[1]], steps=12, known=torch.arange(16)[None])  # nothing to draw at all
+    assert passes == []
 
 
 def test_same_seed_same_images_other_seed_other_images(model):
@@ -127,16 +157,16 @@ def prefixes(space):
     return [space.mmu(image, [1, 2, 3, 4, 5]), space.mmu(image.flip(0), []), space.lm([6, 7], close=False)]
 
 
-def test_cached_decoding_equals_recomputation(either_rope):
-    model = either_rope
+def test_cached_decoding_equals_recomputation(any_model):
+    model = any_model
     rows = prefixes(model.space)  # different lengths and layouts in one batch
     cached = generate_text(model, rows, max_new_tokens=12, use_cache=True)
     full = generate_text(model, rows, max_new_tokens=12, use_cache=False)
     assert cached == full and all(len(o) > 0 for o in cached)
 
 
-def test_cached_logits_equal_full_logits(either_rope):
-    model, space = either_rope, either_rope.space
+def test_cached_logits_equal_full_logits(any_model):
+    model, space = any_model, any_model.space
     rows = prefixes(space)
     ids, _, _ = space.pad_rows(rows, left=True)
     nxt = torch.tensor([[8, 9], [10, 11], [12, 13]])

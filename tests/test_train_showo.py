@@ -1,6 +1,7 @@
 """End-to-end tests of `train.py showo` at toy sizes: outputs, the token cache, stages, exact resume after
 kill -9, refusing unsafe or mismatched checkpoints, NaN handling and condition dropout.
 Run: python -m pytest tests/test_train_showo.py"""
+import dataclasses
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ import torch
 
 import train
 from conftest import TINY_SHOWO, TINY_TOKENIZER
-from model import load_showo
+from model import ShowoConfig, load_showo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,3 +264,26 @@ def test_bench_train_reports_the_omni_over_causal_ratio():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["omni_over_causal"] > 0 and result["tokens_per_s"] > 0 and result["peak_mem_mb"] >= 0
     assert 0 < result["fraction_of_matmul_peak"] < 2
+
+
+def test_the_shapes_tokenizer_gives_each_image_at_least_16_tokens():
+    # the main job's tokenizer is the convolutional LFQ one every dataset uses, at 8x downsampling
+    model_cfg = train.tokenizer_model_config(train.TokenizerTrainConfig(**train.TOKENIZER_PRESETS["shapes"]))
+    assert model_cfg.image_size == 32 and model_cfg.latent_size ** 2 >= 16 and model_cfg.downsample <= 8
+
+
+def test_checkpoints_hold_the_papers_model_unless_the_preset_adds_to_it(showo_run):
+    # the trainer's defaults build ShowoConfig() (Show-o as published); a dataset preset may turn on
+    # our additions, and a checkpoint differs from the paper's model only where the preset or the
+    # command line (the tiny test sizes) says so, besides the sizes the tokenizers fix
+    paper = ShowoConfig()
+    defaults = train.ShowoTrainConfig()
+    for f in dataclasses.fields(ShowoConfig):
+        if hasattr(defaults, f.name):
+            assert getattr(defaults, f.name) == getattr(paper, f.name), f.name
+    _, ckpt = load_showo(showo_run / "showo.pt")
+    said = set(train.SHOWO_PRESETS["shapes"]) | {"n_layer", "n_head", "n_embd"}
+    from_tokenizers = {"text_vocab_size", "codebook_size", "image_tokens"}
+    for name, value in ckpt["config"].items():
+        if name not in said | from_tokenizers:
+            assert value == getattr(paper, name), name
