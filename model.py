@@ -120,7 +120,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.n_embd)
         self.attn = SelfAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd), nn.GELU(approximate="tanh"),
+        # exact GELU: Phi-1.5 uses the tanh approximation, which is no cheaper and on a CPU slower
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd))
 
     def forward(self, x, mask, rope, cache=None):
@@ -288,20 +289,26 @@ def mask_image_tokens(ids, task, space, generator=None):
     Understanding rows keep their images: there the image is the input, not the target.
 
     ids (B, L), task (B,) -> (input ids with [MASK] at the chosen positions, bool (B, L) of them)."""
+    B, L = ids.shape
     span = image_span_index(ids, space)              # (B, L) k for the k-th image of the row
-    is_code = space.is_image_code(ids)               # image tokens proper, not [SOI]/[EOI]
     generated = torch.tensor([TASKS[t] in ("t2i", "interleaved") for t in task.tolist()], device=ids.device)
-    masked = torch.zeros_like(is_code)
-    for b in generated.nonzero().flatten().tolist():
-        for k in span[b].unique().tolist():
-            if k == 0:
-                continue
-            slots = (is_code[b] & (span[b] == k)).nonzero().flatten()  # (N,) positions of this image
-            n = len(slots)
-            t = torch.rand((), generator=generator)
-            n_mask = max(1, round(n * math.cos(math.pi / 2 * t.item())))
-            chosen = slots[torch.randperm(n, generator=generator)[:n_mask].to(slots.device)]
-            masked[b, chosen] = True
+    candidate = space.is_image_code(ids) & generated[:, None]  # image tokens proper, not [SOI]/[EOI]
+    # Number every image of the batch (row b, its k-th image -> b * (K + 1) + k) to draw per image.
+    image = span + (span.max() + 1) * torch.arange(B, device=ids.device)[:, None]  # (B, L)
+    n_images = B * (int(span.max()) + 1)
+    n = torch.bincount(image[candidate], minlength=n_images)                       # (images,) N per image
+    t = torch.rand(n_images, generator=generator).to(ids.device)                  # one t per image
+    n_mask = (n * torch.cos(math.pi / 2 * t)).round().clamp(min=1)                # round(N cos(pi/2 t)), >= 1
+    # Uniformly chosen slots: the n_mask of an image with the lowest random scores. Sorting by
+    # (image, score) puts each image's slots side by side; a slot's rank is its place in that run.
+    score = torch.rand(B, L, generator=generator).to(ids.device)
+    key = torch.where(candidate, image.double() + score.double(), torch.full_like(score, math.inf, dtype=torch.double))
+    order = key.flatten().argsort()                                               # (B * L,)
+    sorted_image = image.flatten()[order]
+    first = torch.searchsorted(sorted_image[:int(candidate.sum())].contiguous(), torch.arange(n_images, device=ids.device))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(B * L, device=ids.device) - first[sorted_image].clamp(max=B * L - 1)
+    masked = candidate & (rank.view(B, L) < n_mask[image])
     return torch.where(masked, torch.full_like(ids, space.mask), ids), masked
 
 

@@ -27,6 +27,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -655,18 +656,18 @@ class TokenSpace:
         the left so they all continue at the same position), so rows of different tasks share a
         tensor. Returns ids (B, L) int64, text_targets (B, L) bool, task (B,) int64 (into TASKS)."""
         length = max(len(r.ids) for r in rows) if length is None else length
-        ids = torch.full((len(rows), length), self.pad, dtype=torch.long)
-        targets = torch.zeros(len(rows), length, dtype=torch.bool)
+        ids = np.full((len(rows), length), self.pad, dtype=np.int64)  # filled in numpy: one copy to torch
+        targets = np.zeros((len(rows), length), dtype=bool)
         for b, row in enumerate(rows):
             n = len(row.ids)
             if n > length:
                 raise ValueError(f"row {b} has {n} tokens, more than the batch length {length}")
             on_left = row.task == "t2i" if left is None else left
             cols = slice(length - n, length) if on_left else slice(0, n)
-            ids[b, cols] = torch.tensor(row.ids)
-            targets[b, cols] = torch.tensor(row.text_targets)
+            ids[b, cols] = row.ids
+            targets[b, cols] = row.text_targets
         task = torch.tensor([TASKS.index(r.task) for r in rows])
-        return ids, targets, task
+        return torch.from_numpy(ids), torch.from_numpy(targets), task
 
 
 if __name__ == "__main__":

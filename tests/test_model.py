@@ -176,7 +176,8 @@ def test_mask_ratio_follows_the_cosine_schedule():
 def test_mtp_loss_is_taken_only_at_masked_positions_and_is_not_shifted():
     img = torch.arange(16)
     rows = [SPACE.t2i([1, 2], img), SPACE.t2i([3], img.flip(0))]
-    ids, inputs, masked, labels, text_targets, task = batch(rows, seed=3)
+    ids, inputs, masked, labels, text_targets, task = batch(rows, seed=1)
+    assert masked.any() and (SPACE.is_image_code(ids) & ~masked).any()  # both kinds of image slot
     logits = torch.randn(*ids.shape, SPACE.vocab_size)
     loss = task_losses(logits, labels, task, SPACE)["t2i"]
     # the same number, computed by hand: at each masked slot, the code at that slot, over codes only
