@@ -18,13 +18,13 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 
 `train` measures a full Show-o training step (forward, joint loss, backward, AdamW) on a mixed batch
 laid out like the main job's stage 1 (half text-to-image rows, 40% captioning, 10% language
-modelling; 16-token texts) but with 8x8-token images, as CIFAR-10's (the shapes preset's are 2x2),
-at a small and a medium model size: ms per step, tokens/s and peak memory, against the same model
-and batch with a plain causal mask (SDPA's is_causal path), and the achieved FLOP/s as a fraction
-of this machine's measured matmul rate (fp32; bf16 on CUDA, where training runs under bf16
-autocast). FLOPs per step are counted as 6 x (parameters in matrices, head included) x tokens
-+ 12 x layers x width x length x tokens for the attention scores and their weighted sums (forward
-1x, backward 2x).
+modelling; 16-token texts) for three models: the main job's own (the shapes preset's, 4x4-token
+images), and a small and a medium one with 8x8-token images, as CIFAR-10's: ms per step, tokens/s
+and peak memory, against the same model and batch with a plain causal mask (SDPA's is_causal path),
+and the achieved FLOP/s as a fraction of this machine's measured matmul rate (fp32; bf16 on CUDA,
+where training runs under bf16 autocast). FLOPs per step are counted as 6 x (parameters in
+matrices, head included) x tokens + 12 x layers x width x length x tokens for the attention scores
+and their weighted sums (forward 1x, backward 2x).
 
 `sample` times generation on the main job's model size (random weights: speed does not depend on
 what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
@@ -164,7 +164,7 @@ def bench_tokenizer(args):
 
 TRAIN_SIZES = {  # name: (model options, rows per batch, image tokens)
     # the main job's own Show-o: the shapes preset's model (its additions included), 4x4-token images
-    "main": (dict(n_layer=4, n_head=4, n_embd=SHOWO_PRESETS["shapes"]["n_embd"],
+    "main": (dict(n_layer=4, n_head=SHOWO_PRESETS["shapes"]["n_head"], n_embd=SHOWO_PRESETS["shapes"]["n_embd"],
                   slot_embedding=SHOWO_PRESETS["shapes"]["slot_embedding"], text_conv=SHOWO_PRESETS["shapes"]["text_conv"],
                   codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["bits"]), 64, 16),
     "small": (dict(n_layer=2, n_head=4, n_embd=128), 32, 64),    # 8x8-token images, as CIFAR-10's
@@ -218,7 +218,7 @@ def train_case(size, attention_kind, repeats, device):
     if attention_kind == "causal":  # the same model, with SDPA's is_causal path instead of the omni mask
         model.attention_mask = lambda ids: None
     groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     weights = dict(t2i=1.0, mmu=1.0, lm=0.1)
 
     def step():
