@@ -20,7 +20,8 @@ machines are shared and noisy, so absolute numbers move between runs more than r
 laid out like the main job's stage 1 (half text-to-image rows, 40% captioning, 10% language
 modelling; 16-token texts) for three models: the main job's own (the shapes preset's, 4x4-token
 images), and a small and a medium one with 8x8-token images, as CIFAR-10's: ms per step, tokens/s
-and peak memory, against the same model and batch with a plain causal mask (SDPA's is_causal path),
+and peak memory, against the same model and batch with a plain causal mask (SDPA's is_causal path;
+the two kinds' steps alternate in one process, so the ratio is the mask's own cost),
 and the achieved FLOP/s as a fraction of this machine's measured matmul rate (fp32; bf16 on CUDA,
 where training runs under bf16 autocast). FLOPs per step are counted as 6 x (parameters in
 matrices, head included) x tokens + 12 x layers x width x length x tokens for the attention scores
@@ -84,22 +85,32 @@ def proc_status_kib(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def time_and_peak_memory(fn, repeats, device):
-    """(median seconds of fn(), peak extra memory in MB while it ran)."""
+def timed_call(fn, device):
+    """(wall seconds of one fn() call, peak extra memory in MB while it ran)."""
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        seconds = median_time(fn, repeats, device)
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
         # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS,
-        # so VmHWM afterwards minus VmRSS now is the peak extra memory of the calls in between.
+        # so VmHWM afterwards minus VmRSS now is the peak extra memory of the call.
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = proc_status_kib("VmRSS")
-        seconds = median_time(fn, repeats, device)
-        peak_mb = (proc_status_kib("VmHWM") - base) / 1024
-    return seconds, max(peak_mb, 0.0)
+        base = proc_status_kib("VmRSS") * 1024
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else proc_status_kib("VmHWM") * 1024
+    return seconds, max(peak - base, 0) / 2 ** 20
+
+
+def time_and_peak_memory(fn, repeats, device):
+    """(median seconds of fn() after one warm-up call, the largest peak extra memory in MB of a call)."""
+    fn()
+    calls = [timed_call(fn, device) for _ in range(repeats)]
+    return statistics.median(s for s, _ in calls), max(mb for _, mb in calls)
 
 
 def quantizer_case(method, bits, tokens, repeats, device):
@@ -210,28 +221,41 @@ def step_flops(model, groups):
     return flops
 
 
-def train_case(size, attention_kind, repeats, device):
-    """Median time and peak memory of one training step (every task group, the joint loss, backward,
-    AdamW), as train.py takes it. Returns a dict."""
+def train_case(size, repeats, device):
+    """One training step (every task group, the joint loss, backward, AdamW), as train.py takes it,
+    of two copies of the same model on the same batch: one under the omni-attention mask, one with
+    SDPA's plain causal path. Their steps alternate in one process, so a shared machine's drift and
+    a process's warm-up hit both alike and their ratio is the cost of the mask alone.
+    Returns {kind: dict of median ms, tokens/s, peak memory, FLOP/s}."""
     _, rows, image_tokens = TRAIN_SIZES[size]
-    model = bench_model(size, device).train()
-    if attention_kind == "causal":  # the same model, with SDPA's is_causal path instead of the omni mask
-        model.attention_mask = lambda ids: None
-    groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
-    weights = dict(t2i=1.0, mmu=1.0, lm=0.1)
+    steps, models = {}, {}
+    for kind in ("omni", "causal"):
+        model = models[kind] = bench_model(size, device).train()  # the same weights for both (seed 0)
+        if kind == "causal":
+            model.attention_mask = lambda ids: None
+        groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
+        optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
 
-    def step():
-        losses = batch_losses(model, groups, device)
-        optimizer.zero_grad(set_to_none=True)
-        joint_loss(losses, weights).backward()
-        optimizer.step()
-
-    seconds, peak_mb = time_and_peak_memory(step, repeats, device)
+        def step(model=model, groups=groups, optimizer=optimizer):
+            losses = batch_losses(model, groups, device)
+            optimizer.zero_grad(set_to_none=True)
+            joint_loss(losses, dict(t2i=1.0, mmu=1.0, lm=0.1)).backward()
+            optimizer.step()
+        steps[kind] = step
+    for step in steps.values():  # warm-up: allocator pools, kernel choices
+        step(), step()
+    calls = {kind: [] for kind in steps}
+    for _ in range(repeats):
+        for kind, step in steps.items():
+            calls[kind].append(timed_call(step, device))
     tokens = sum(ids.numel() for ids, _, _ in groups)
-    return dict(size=size, attention=attention_kind, rows=rows, length=max(ids.shape[1] for ids, _, _ in groups),
-                ms=seconds * 1e3, tokens_per_s=tokens / seconds, peak_mb=peak_mb,
-                flops_per_s=step_flops(model, groups) / seconds, params=model.num_params())
+    results = {}
+    for kind, c in calls.items():
+        seconds = statistics.median(s for s, _ in c)
+        results[kind] = dict(size=size, attention=kind, rows=rows, length=max(ids.shape[1] for ids, _, _ in groups),
+                             ms=seconds * 1e3, tokens_per_s=tokens / seconds, peak_mb=max(mb for _, mb in c),
+                             flops_per_s=step_flops(models[kind], groups) / seconds, params=models[kind].num_params())
+    return results
 
 
 def matmul_peak(device, n=1024, repeats=7):
@@ -248,12 +272,11 @@ def bench_train(args):
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
     results = {}
     for size in args.sizes:
-        runs = {"omni": [], "causal": []}
-        for _ in range(args.rounds):  # alternate the two kinds: a shared machine's drift hits both alike
-            for kind in runs:
-                runs[kind].append(run_isolated("train_case", (size, kind, args.repeats), device))
-        for kind, rs in runs.items():
-            r = results[size, kind] = sorted(rs, key=lambda r: r["ms"])[len(rs) // 2]  # the median round
+        # fresh processes (one case's freed memory cannot hide another's peak); the median round by ratio
+        rounds = [run_isolated("train_case", (size, args.repeats), device) for _ in range(args.rounds)]
+        rounds.sort(key=lambda r: r["omni"]["ms"] / r["causal"]["ms"])
+        for kind, r in rounds[len(rounds) // 2].items():
+            results[size, kind] = r
             print(f"{size:>6} {kind:>6}: {r['params'] / 1e6:.2f}M params, {r['rows']} rows x {r['length']} tokens: "
                   f"{r['ms']:8.1f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, peak +{r['peak_mb']:.0f} MB, "
                   f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -351,7 +374,7 @@ def main(argv=None):
     train.add_argument("--sizes", nargs="+", default=["main", "small", "medium"], choices=list(TRAIN_SIZES),
                        help="model sizes to time (main: the main job's own model; the ratio target is read at medium)")
     train.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
-    train.add_argument("--rounds", type=int, default=3, help="fresh processes per case; the median one is kept")
+    train.add_argument("--rounds", type=int, default=3, help="fresh processes per size; the one with the median omni / causal ratio is kept")
     train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
     train.add_argument("--device", default="auto")
     smp = sub.add_parser("sample", help="MaskGIT vs autoregressive image decoding; KV cache for captioning")
