@@ -17,10 +17,10 @@ weights them (section 3.3, equation 4).
 Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, RoPE positions, and
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
-of very different statistics share one softmax. One addition of ours: each [MASK] slot of an image
-also gets a learned embedding of its place on the tokenizer's grid, and with code_positions (the
-shapes preset) every known image code too (Showo.__init__ says why); an option of ours: 2D RoPE
-for image tokens (rope_positions).
+of very different statistics share one softmax. `ShowoConfig()` is that model. Two additions of
+ours for a toy model trained from scratch, each one option and off by default, live together in
+the "Additions" section below: a learned grid-slot embedding for [MASK] tokens (slot_embedding)
+and a short causal convolution over text embeddings (text_conv).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -233,7 +233,7 @@ class Showo(nn.Module):
 # -----------------------------------------------------------------------------
 # Additions for a small model trained from scratch: not in the paper, each one option of ShowoConfig,
 # off by default. Show-o starts from a pretrained LLM (Phi-1.5); these give a model that starts from
-# nothing, and trains for minutes, two things that LLM brings along (README, "Differences").
+# nothing, and trains for minutes, two things that LLM brings along (README, "Differences from the paper").
 
 def image_slot_index(ids, space):
     """(B, L) ids -> (B, L) int64: i at the i-th token (0-based, row-major on the tokenizer's grid)
@@ -248,7 +248,7 @@ def image_slot_index(ids, space):
 # they are along the flattened row, so a masked slot cannot tell which row and column of the grid it
 # fills ("the top left") without first finding [SOI]. A learned embedding per grid slot, added to
 # [MASK] tokens only (Showo.additions), hands it that; known codes carry their own content, and
-# adding it to them too had stopped a small model from learning yes/no existence questions (README).
+# adding it to them too had stopped a small model from learning yes/no existence questions (docs/findings.md).
 
 
 class TextConv(nn.Module):

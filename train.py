@@ -807,8 +807,7 @@ def main_tokenizer(args, parser):
         sys.exit(f"error: {e}")
 
 
-# The main job's Show-o stages on the shapes world: steps per stage (sized for 4x4-token images; with
-# the 2x2 tokens of the patch tokenizer their training loops take about 12 min on the slow 2-core CPU; README).
+# The main job's Show-o stages on the shapes world: steps per stage (the README gives their minutes).
 MAIN_JOB_STAGES = {1: 1400, 2: 600, 3: 1400}
 MAIN_JOB_PROMPT = "a red circle above a blue square"
 

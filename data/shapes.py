@@ -18,8 +18,8 @@ The world
     6 saturated colours red, green, blue, yellow, purple, cyan; a fixed dark-grey background. Flat
     colours, no antialiasing, so the ground truth is pixel-exact.
   - Each object sits at its cell's centre, so it lines up with the image tokenizer's grid of tokens
-    the same way in every cell (one 16x16 token per cell with the shapes preset's patch tokenizer,
-    2x2 tokens of 8x8 pixels at 8x downsampling, 4x4 of 4x4 pixels at 4x): one (shape, colour, size)
+    the same way in every cell (2x2 tokens of 8x8 pixels with the shapes preset's 8x downsampling,
+    4x4 of 4x4 pixels at 4x): one (shape, colour, size)
     is always the same block of pixels under the same tokens, and what a model must learn is which
     words pick which block, not sub-pixel variants.
     (Centres jittered by +-1 px (large) and +-2 px (small) made 17x as many pixel patterns per cell;
