@@ -44,11 +44,10 @@ from pathlib import Path
 
 import torch
 
-from model import (IGNORE, KVCache, Showo, ShowoConfig, generate_images, generate_text, joint_loss,
-                   mask_image_tokens, optimizer_groups, sample_next, training_labels)
+from model import (IGNORE, KVCache, Showo, ShowoConfig, autodetect_device, generate_images, generate_text,
+                   joint_loss, mask_image_tokens, optimizer_groups, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer
-from train import (SHOWO_PRESETS, TOKENIZER_PRESETS, TokenizerTrainConfig, autodetect_device, batch_losses,
-                   tokenizer_model_config)
+from train import SHOWO_PRESETS, TOKENIZER_PRESETS, TokenizerTrainConfig, batch_losses, tokenizer_model_config
 
 
 def median_time(fn, repeats, device):

@@ -39,12 +39,35 @@ import numpy as np
 import torch
 
 import data
-from data.cifar10 import class_captions
+from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category, score
-from model import generate_images, generate_text
-from sample import Pipeline, labelled_grid
-from tokenizer import load_image_tokenizer
-from train import CIFAR_QUESTION, autodetect_device, image_grid, psnr, reconstruct
+from model import autocast, autodetect_device, generate_images, generate_text
+from sample import Pipeline, image_grid, labelled_grid
+from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
+
+
+# -----------------------------------------------------------------------------
+# The image tokenizer: PSNR, codebook use, and whether the scorer still reads its reconstructions
+
+def psnr(originals, reconstructions):
+    """Per-image PSNR in dB of uint8 images (B, H, W, 3), the images a user actually sees."""
+    err = (originals.astype(np.float64) - reconstructions.astype(np.float64)) ** 2
+    mse = err.reshape(len(err), -1).mean(1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))  # (B,)
+
+
+@torch.no_grad()
+def reconstruct(model, images_uint8, device, batch_size=256):
+    """uint8 (N, H, W, 3) -> (codes (N, h, w) int64, reconstructions uint8 (N, H, W, 3))."""
+    codes, recons = [], []
+    for i in range(0, len(images_uint8), batch_size):
+        x = images_to_tensor(images_uint8[i:i + batch_size]).to(device)
+        with autocast(device):
+            c = model.encode(x)
+            r = model.decode(c)
+        codes.append(c.cpu())
+        recons.append(tensor_to_images(r))
+    return torch.cat(codes), np.concatenate(recons)
 
 
 def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=None, device="auto",

@@ -22,7 +22,10 @@ ours for a toy model trained from scratch, each one option and off by default, l
 the "Additions" section below: a learned grid-slot embedding for [MASK] tokens (slot_embedding)
 and a short causal convolution over text embeddings (text_conv).
 """
+import hashlib
 import math
+import sys
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -515,7 +518,44 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints
+# Devices and checkpoints (every program imports these from here)
+
+def autodetect_device(requested="auto"):
+    """cuda -> mps -> cpu, unless the user asked for one."""
+    if requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            sys.exit(f"error: --device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            sys.exit(f"error: --device {requested} asked for, but CUDA is not available here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            sys.exit(f"error: --device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            sys.exit("error: --device mps asked for, but MPS is not available here")
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA only; CPU and MPS run in fp32 (CPU bf16 is slow, MPS support patchy)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def file_digest(path):
+    """SHA-256 of a file (first 16 hex digits): what ties caches and checkpoints to one tokenizer."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
 
 def showo_checkpoint(model, **extra):
     """One plain dict (config as a dict), loadable with torch.load(weights_only=True)."""

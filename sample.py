@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model import generate_images, generate_text, load_showo
+from model import autodetect_device, file_digest, generate_images, generate_text, load_showo
 from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, tensor_to_images
-from train import autodetect_device, file_digest
 
 TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm")
 DIRECTIONS = ("left", "right", "up", "down")
@@ -106,6 +105,20 @@ def read_image(path, size):
 
 # -----------------------------------------------------------------------------
 # Pictures
+
+def image_grid(rows, scale=4):
+    """rows: list of uint8 (N, H, W, 3) arrays of equal N -> one PIL image, each row a strip.
+    Images are upscaled with NEAREST so pixels stay visible."""
+    n, h, w, _ = rows[0].shape
+    pad = 2
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for i, img in enumerate(row):
+            y, x = pad + r * (h + pad), pad + i * (w + pad)
+            grid[y:y + h, x:x + w] = img
+    img = Image.fromarray(grid)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
 
 def labelled_grid(images, labels, scale=4, per_row=None, label_width=22):
     """uint8 (N, H, W, 3) images with one caption each -> a PIL grid, captions wrapped under the

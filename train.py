@@ -34,51 +34,24 @@ import random
 import re
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 import data
-from model import (Showo, ShowoConfig, joint_loss, load_showo, mask_image_tokens, optimizer_groups,
-                   showo_checkpoint, training_labels)
+from data.cifar10 import CIFAR_QUESTION
+from data.coco import COCO_QUESTION
+from evaluate import evaluate_showo, evaluate_tokenizer, psnr, reconstruct
+from model import (Showo, ShowoConfig, autocast, autodetect_device, file_digest, generate_images, joint_loss,
+                   load_showo, mask_image_tokens, optimizer_groups, showo_checkpoint, training_labels)
+from sample import Pipeline, image_grid, steps_strip
 from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TASKS, images_to_tensor,
-                       image_tokenizer_checkpoint, load_image_tokenizer, read_checkpoint, save_bpe,
-                       tensor_to_images, train_bpe)
+                       image_tokenizer_checkpoint, load_image_tokenizer, read_checkpoint, save_bpe, train_bpe)
 
 # -----------------------------------------------------------------------------
-# Shared plumbing (evaluate.py and bench.py import these)
-
-
-def autodetect_device(requested="auto"):
-    """cuda -> mps -> cpu, unless the user asked for one."""
-    if requested != "auto":
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            sys.exit(f"error: --device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            sys.exit(f"error: --device {requested} asked for, but CUDA is not available here")
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            sys.exit(f"error: --device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            sys.exit("error: --device mps asked for, but MPS is not available here")
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device):
-    """bf16 autocast on CUDA only; CPU and MPS run in fp32 (CPU bf16 is slow, MPS support patchy)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+# Checkpoints written atomically (used by both trainers)
 
 
 def atomic_save(obj, path):
@@ -87,27 +60,6 @@ def atomic_save(obj, path):
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def psnr(originals, reconstructions):
-    """Per-image PSNR in dB of uint8 images (B, H, W, 3), the images a user actually sees."""
-    err = (originals.astype(np.float64) - reconstructions.astype(np.float64)) ** 2
-    mse = err.reshape(len(err), -1).mean(1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))  # (B,)
-
-
-def image_grid(rows, labels=None, scale=4):
-    """rows: list of uint8 (N, H, W, 3) arrays of equal N -> one PIL image, each row a strip.
-    Images are upscaled with NEAREST so pixels stay visible."""
-    n, h, w, _ = rows[0].shape
-    pad = 2
-    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for i, img in enumerate(row):
-            y, x = pad + r * (h + pad), pad + i * (w + pad)
-            grid[y:y + h, x:x + w] = img
-    img = Image.fromarray(grid)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
 # -----------------------------------------------------------------------------
@@ -195,20 +147,6 @@ def batch_indices(step, n, batch_size, seed):
     epoch, i = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return perm[i * batch_size:(i + 1) * batch_size]
-
-
-@torch.no_grad()
-def reconstruct(model, images_uint8, device, batch_size=256):
-    """uint8 (N, H, W, 3) -> (codes (N, h, w) int64, reconstructions uint8 (N, H, W, 3))."""
-    codes, recons = [], []
-    for i in range(0, len(images_uint8), batch_size):
-        x = images_to_tensor(images_uint8[i:i + batch_size]).to(device)
-        with autocast(device):
-            c = model.encode(x)
-            r = model.decode(c)
-        codes.append(c.cpu())
-        recons.append(tensor_to_images(r))
-    return torch.cat(codes), np.concatenate(recons)
 
 
 def train_text_tokenizer(ds, cfg):
@@ -411,17 +349,6 @@ SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, s
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
                            "warmup_steps", "min_lr_frac", "max_steps", "grad_clip", "t2i_frac", "caption_frac",
                            "vqa_frac", "lm_frac", "cond_dropout", "w_t2i", "w_mmu", "w_lm", "max_text")
-CIFAR_QUESTION = "what is this?"
-COCO_QUESTION = "describe the image."
-
-
-def file_digest(path):
-    """SHA-256 of a file (first 16 hex digits): what ties caches and checkpoints to one tokenizer."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def image_codes(ds, tokenizer_path, device):
@@ -871,9 +798,6 @@ def main_job(args, tok_parser, showo_parser):
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
     t_eval = time.time()
-    from evaluate import evaluate_showo, evaluate_tokenizer
-    from model import generate_images
-    from sample import Pipeline, steps_strip
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
     metrics["showo"] = evaluate_showo(init, "shapes", seed=args.seed, out_dir=run_dir, prompts=100)
     pipe = Pipeline(init)  # one decoding, step by step, for learners to watch

@@ -37,6 +37,7 @@ TEST_BATCH = "test_batch"
 CAPTION_TEMPLATES = tuple(prefix + " {}" for prefix in PREFIXES)  # the shapes world's prefixes
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page
+CIFAR_QUESTION = "what is this?"  # stage 3 asks it of every image; the answer is the class name
 
 
 class ArrayUnpickler(pickle.Unpickler):

@@ -26,6 +26,7 @@ from data import ImageTextData
 from data.folder import decode_images
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}  # test captions were never released
+COCO_QUESTION = "describe the image."  # stage 3 asks it; the answer is one of the image's captions
 
 
 def read_coco_captions(path):
