@@ -1,7 +1,7 @@
 """
 Training programs.
 
-    python train.py                      # the main job: tokenizers on the shapes world, then evaluation
+    python train.py                      # the main job: tokenizers, Show-o's three stages, evaluation (shapes)
     python train.py tokenizer --dataset shapes --out out/shapes
     python train.py tokenizer --dataset cifar10 --data-dir ../shared/data --out out/cifar10
     python train.py tokenizer --help     # every knob, with its preset value per dataset
@@ -20,7 +20,7 @@ atomically (temporary file, then rename), so a crash never leaves a half-written
 3.4) on images tokenized once by the image tokenizer (cached), with mixed batches of
 text-to-image, captioning, question-answering and text-only rows and the joint loss
 L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM. Every step's data, condition dropout and masks are a pure
-function of (seed, step), so `--resume` after any crash, even kill -9 between two checkpoints,
+function of (seed, stage, step), so `--resume` after any crash, even kill -9 between two checkpoints,
 continues with exactly the losses the uninterrupted run would have had (on CPU; CUDA kernels such
 as SDPA's backward are not bit-deterministic). log.jsonl holds every step's per-task losses.
 """
@@ -102,8 +102,8 @@ class TokenizerTrainConfig:
 # Presets: chosen for the README's quality targets (README, "Results").
 TOKENIZER_PRESETS = {
     # shapes: 8x downsampling, 4x4 tokens per image (a grid cell of the scene is 2x2 tokens), and a
-    # narrow network: 32 / 64 / 64 channels reach 100% scorer agreement by step 900 for four seeds
-    # out of four, where the 64 / 128 / 128 network at 2.6x the cost per step gave 92-100% after 900
+    # narrow network: 32 / 64 / 64 channels reach 99.8-100% scorer agreement by step 900 and 100% by
+    # step 1,200 for four seeds out of four (500 test images), where the 64 / 128 / 128 network at 2.6x the cost per step gave 92-100% after 900
     # steps depending on the seed (small objects of similar colour or shape sharing a code for
     # hundreds of steps). K = 12 bits; at K = 10 codes collided more often (docs/findings.md).
     "shapes": dict(bits=12, channels="32,64,64", max_steps=1200, eval_every=300, entropy_weight=0.025,
@@ -783,13 +783,20 @@ def main_job(args, tok_parser, showo_parser):
     the shapes world; every part resumes if the job was interrupted and is skipped if finished.
     args: the main job's own options (--seed, --out, and the model's additions for ablations)."""
     t0 = time.time()
-    run_dir = args.out or ("out/shapes" if args.seed == 0 else f"out/shapes-seed{args.seed}")
-    common = ["--seed", str(args.seed)]
+    preset = SHOWO_PRESETS["shapes"]
+    slot = preset["slot_embedding"] if args.job_slot_embedding is None else args.job_slot_embedding
+    conv = preset["text_conv"] if args.job_text_conv is None else args.job_text_conv
+    if conv < 0:
+        sys.exit("error: --text-conv must be >= 0 (0: no text convolution)")
+    # A changed addition gets its own run folder, so it never collides with the preset's checkpoints.
+    suffix = (f"-seed{args.job_seed}" if args.job_seed else "") + ("" if slot == preset["slot_embedding"] else
+              "-slot" if slot else "-noslot") + ("" if conv == preset["text_conv"] else f"-textconv{conv}")
+    run_dir = args.job_out or f"out/shapes{suffix}"
+    common = ["--seed", str(args.job_seed)]
     tok_argv = common + ["--out", run_dir, "--resume"]
     tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(tok_argv), tok_parser)
     minutes = dict(tokenizer=round((time.time() - t0) / 60, 2))
-    additions = [] if args.slot_embedding is None else ["--slot-embedding" if args.slot_embedding else "--no-slot-embedding"]
-    additions += [] if args.text_conv is None else ["--text-conv", str(args.text_conv)]
+    additions = ["--slot-embedding" if slot else "--no-slot-embedding", "--text-conv", str(conv)]
     init, logs = None, []
     for stage, steps in MAIN_JOB_STAGES.items():
         argv = common + additions + ["--stage", str(stage), "--max-steps", str(steps), "--resume",
@@ -799,10 +806,10 @@ def main_job(args, tok_parser, showo_parser):
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
     t_eval = time.time()
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
-    metrics["showo"] = evaluate_showo(init, "shapes", seed=args.seed, out_dir=run_dir, prompts=100)
+    metrics["showo"] = evaluate_showo(init, "shapes", seed=args.job_seed, out_dir=run_dir)
     pipe = Pipeline(init)  # one decoding, step by step, for learners to watch
     _, history = generate_images(pipe.model, [pipe.encode_text(MAIN_JOB_PROMPT)], steps=12, guidance=2.0,
-                                 generator=torch.Generator().manual_seed(args.seed), record=True)
+                                 generator=torch.Generator().manual_seed(args.job_seed), record=True)
     steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
     plot_losses(logs, os.path.join(run_dir, "losses.png"))
     # wall-clock minutes of this call: a part skipped because it was finished costs (nearly) nothing
@@ -824,11 +831,13 @@ def main_job(args, tok_parser, showo_parser):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     job = parser.add_argument_group("the main job (no command)")
-    job.add_argument("--seed", type=int, default=0, help="seed of every part of the main job [default 0]")
-    job.add_argument("--out", default=None, help="run folder [default out/shapes, out/shapes-seedN for seed N]")
-    job.add_argument("--slot-embedding", action=argparse.BooleanOptionalAction, default=None,
+    # own dest names: a command's options of the same name (python train.py showo --seed 1) are its own
+    job.add_argument("--seed", dest="job_seed", type=int, default=0, help="seed of every part of the main job [default 0]")
+    job.add_argument("--out", dest="job_out", default=None,
+                     help="run folder [default out/shapes, plus -seedN for seed N and a suffix per changed addition]")
+    job.add_argument("--slot-embedding", dest="job_slot_embedding", action=argparse.BooleanOptionalAction, default=None,
                      help="turn the slot-embedding addition on or off in every stage [default: the shapes preset]")
-    job.add_argument("--text-conv", type=int, default=None,
+    job.add_argument("--text-conv", dest="job_text_conv", type=int, default=None,
                      help="the text-convolution addition's width in every stage, 0 = off [default: the shapes preset]")
     sub = parser.add_subparsers(dest="command")
     tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
@@ -838,6 +847,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         return main_job(args, tok, showo)
+    if (args.job_seed, args.job_out, args.job_slot_embedding, args.job_text_conv) != (0, None, None, None):
+        parser.error("the main job's options (--seed, --out, --slot-embedding, --text-conv) go after the "
+                     f"command: python train.py {args.command} --seed N ...")
     if args.command == "showo":
         return main_showo(args, showo)
     return main_tokenizer(args, tok)

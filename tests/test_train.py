@@ -85,6 +85,24 @@ def test_user_mistakes_give_clear_errors(tmp_path, capsys):
         train.main(TINY + ["--out", str(tmp_path / "o"), "--channels", "8,18"])
 
 
+@pytest.mark.parametrize("argv, folder", [([], "out/shapes"), (["--seed", "1"], "out/shapes-seed1"),
+                                          (["--no-slot-embedding", "--text-conv", "0"], "out/shapes-noslot-textconv0"),
+                                          (["--seed", "2", "--text-conv", "3"], "out/shapes-seed2")])
+def test_the_main_job_gives_each_seed_and_each_changed_addition_its_own_folder(argv, folder, monkeypatch):
+    # so an ablation never tries to resume the preset's checkpoints (which would refuse other options)
+    def stop_after_recording(args, parser):
+        raise SystemExit(args.out)
+    monkeypatch.setattr(train, "main_tokenizer", stop_after_recording)
+    with pytest.raises(SystemExit, match=f"^{folder}$"):
+        train.main(argv)
+
+
+def test_main_job_options_before_a_command_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--seed", "1", "showo"])  # would otherwise train with seed 0
+    assert "go after the command" in capsys.readouterr().err
+
+
 def test_evaluate_prints_metrics_as_its_last_line(tmp_path, capsys):
     run_train(tmp_path, "--max-steps", "2", "--eval-every", "2")
     capsys.readouterr()
