@@ -23,11 +23,12 @@ images), and a small and a medium one with 8x8-token images, as CIFAR-10's: ms p
 and peak memory, against the same model and batch with a plain causal mask (SDPA's is_causal path;
 the two kinds' steps alternate in one process, so the ratio is the mask's own cost),
 and the achieved FLOP/s as a fraction of this machine's measured matmul rate (fp32; bf16 on CUDA,
-where training runs under bf16 autocast). FLOPs per step are counted as 6 x (parameters in
-matrices, head included) x tokens + 12 x layers x width x length x tokens for the attention scores
-and their weighted sums (forward 1x, backward 2x).
+where training runs under bf16 autocast). FLOPs per step are counted as 6 x (the blocks' matrix
+parameters) per token, 6 x (the head's) per position that carries a loss (the only ones it
+projects), and 12 x layers x width x length per token for the attention scores and their weighted
+sums (forward 1x, backward 2x).
 
-`sample` times generation on the main job's model size (random weights: speed does not depend on
+`sample` times generation on the medium model (random weights: speed does not depend on
 what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
 against an autoregressive baseline that decodes the same tokens one at a time, in raster order,
 with a KV cache, on the same model (forward passes and wall-clock ratio; no guidance on either
@@ -271,7 +272,7 @@ def bench_train(args):
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
     results = {}
     for size in args.sizes:
-        # fresh processes (one case's freed memory cannot hide another's peak); the median round by ratio
+        # a fresh process per round on CPU (a clean allocator for the memory figures); the median round by ratio
         rounds = [run_isolated("train_case", (size, args.repeats), device) for _ in range(args.rounds)]
         rounds.sort(key=lambda r: r["omni"]["ms"] / r["causal"]["ms"])
         for kind, r in rounds[len(rounds) // 2].items():
@@ -373,7 +374,7 @@ def main(argv=None):
     train.add_argument("--sizes", nargs="+", default=["main", "small", "medium"], choices=list(TRAIN_SIZES),
                        help="model sizes to time (main: the main job's own model; the ratio target is read at medium)")
     train.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
-    train.add_argument("--rounds", type=int, default=3, help="fresh processes per size; the one with the median omni / causal ratio is kept")
+    train.add_argument("--rounds", type=int, default=3, help="rounds per size (a fresh process each on CPU); the one with the median omni / causal ratio is kept")
     train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
     train.add_argument("--device", default="auto")
     smp = sub.add_parser("sample", help="MaskGIT vs autoregressive image decoding; KV cache for captioning")

@@ -221,7 +221,7 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir):
     return {"captions": [dict(generated=g, truth=t[0]) for g, t in zip(captions, ds.captions[:n])]}
 
 
-def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=50,
+def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
                    steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
@@ -261,7 +261,7 @@ def main(argv=None):
     sh.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
     sh.add_argument("--split", default=None, help="test (shapes, cifar10) or val (coco) by default")
     sh.add_argument("--limit", type=int, default=None, help="held-out images for VQA/POPE/captioning/classification")
-    sh.add_argument("--prompts", type=int, default=50, help="shapes: prompts per GenEval category")
+    sh.add_argument("--prompts", type=int, default=100, help="shapes: prompts per GenEval category")
     sh.add_argument("--steps", type=int, default=12, help="MaskGIT steps")
     sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")

@@ -606,7 +606,8 @@ class TokenSpace:
         for each (prompt_ids, answer_ids) turn. Answers and their [EOT]s are targets, prompts are
         not; text is causal, so each turn also sees the turns before it. The first turn is laid out
         exactly like a one-question mmu row (what evaluation asks), and the later ones add answers
-        to learn from at the cost of a few text tokens instead of another 66-token image: packing
+        to learn from at the cost of a few text tokens instead of another image span (18 tokens for
+        shapes, 66 for CIFAR-10): packing
         several turns per image, as multi-turn chat data is packed for LLaVA-style training."""
         ids = [self.mmu_token] + self.image_span(codes)
         targets = [False] * len(ids)
