@@ -221,40 +221,51 @@ def step_flops(model, groups):
     return flops
 
 
-def train_case(size, repeats, device):
-    """One training step (every task group, the joint loss, backward, AdamW), as train.py takes it,
-    of two copies of the same model on the same batch: one under the omni-attention mask, one with
-    SDPA's plain causal path. Their steps alternate in one process, so a shared machine's drift and
-    a process's warm-up hit both alike and their ratio is the cost of the mask alone.
-    Returns {kind: dict of median ms, tokens/s, peak memory, FLOP/s}."""
+def train_step(size, kind, device):
+    """(model, its task groups, one training step: every task group, the joint loss, backward,
+    AdamW, as train.py takes it). kind "omni": the omni-attention mask; "causal": the same model
+    (the same weights, seed 0) and batch with SDPA's plain causal path instead."""
     _, rows, image_tokens = TRAIN_SIZES[size]
-    steps, models = {}, {}
-    for kind in ("omni", "causal"):
-        model = models[kind] = bench_model(size, device).train()  # the same weights for both (seed 0)
-        if kind == "causal":
-            model.attention_mask = lambda ids: None
-        groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
-        optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    model = bench_model(size, device).train()
+    if kind == "causal":
+        model.attention_mask = lambda ids: None
+    groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
 
-        def step(model=model, groups=groups, optimizer=optimizer):
-            losses = batch_losses(model, groups, device)
-            optimizer.zero_grad(set_to_none=True)
-            joint_loss(losses, dict(t2i=1.0, mmu=1.0, lm=0.1)).backward()
-            optimizer.step()
-        steps[kind] = step
-    for step in steps.values():  # warm-up: allocator pools, kernel choices
+    def step():
+        losses = batch_losses(model, groups, device)
+        optimizer.zero_grad(set_to_none=True)
+        joint_loss(losses, dict(t2i=1.0, mmu=1.0, lm=0.1)).backward()
+        optimizer.step()
+    return model, groups, step
+
+
+def train_memory(size, kind, device):
+    """Peak extra memory in MB of a model's first two training steps (run alone in a fresh process)."""
+    _, _, step = train_step(size, kind, device)
+    return max(timed_call(step, device)[1] for _ in range(2))
+
+
+def train_case(size, repeats, device):
+    """Time the omni and the causal step of one size with their steps alternating in one process, so
+    a shared machine's drift and a process's warm-up hit both alike; the ratio is the median of the
+    ratios of neighbouring steps, the cost of the mask alone. -> {kind: dict of median ms, tokens/s,
+    FLOP/s}, and "ratio"."""
+    cases = {kind: train_step(size, kind, device) for kind in ("omni", "causal")}
+    for _, _, step in cases.values():  # warm-up: allocator pools, kernel choices
         step(), step()
-    calls = {kind: [] for kind in steps}
+    seconds = {kind: [] for kind in cases}
     for _ in range(repeats):
-        for kind, step in steps.items():
-            calls[kind].append(timed_call(step, device))
-    tokens = sum(ids.numel() for ids, _, _ in groups)
-    results = {}
-    for kind, c in calls.items():
-        seconds = statistics.median(s for s, _ in c)
-        results[kind] = dict(size=size, attention=kind, rows=rows, length=max(ids.shape[1] for ids, _, _ in groups),
-                             ms=seconds * 1e3, tokens_per_s=tokens / seconds, peak_mb=max(mb for _, mb in c),
-                             flops_per_s=step_flops(models[kind], groups) / seconds, params=models[kind].num_params())
+        for kind, (_, _, step) in cases.items():
+            seconds[kind].append(timed_call(step, device)[0])
+    results = dict(ratio=statistics.median(o / c for o, c in zip(seconds["omni"], seconds["causal"])))
+    for kind, (model, groups, _) in cases.items():
+        median = statistics.median(seconds[kind])
+        tokens = sum(ids.numel() for ids, _, _ in groups)
+        results[kind] = dict(size=size, attention=kind, rows=TRAIN_SIZES[size][1],
+                             length=max(ids.shape[1] for ids, _, _ in groups), ms=median * 1e3,
+                             tokens_per_s=tokens / median, flops_per_s=step_flops(model, groups) / median,
+                             params=model.num_params())
     return results
 
 
@@ -270,17 +281,18 @@ def bench_train(args):
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     peak = matmul_peak(device)
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
-    results = {}
+    results, ratio = {}, {}
     for size in args.sizes:
-        # a fresh process per round on CPU (a clean allocator for the memory figures); the median round by ratio
+        # a fresh process per round on CPU; the round with the median ratio is reported
         rounds = [run_isolated("train_case", (size, args.repeats), device) for _ in range(args.rounds)]
-        rounds.sort(key=lambda r: r["omni"]["ms"] / r["causal"]["ms"])
-        for kind, r in rounds[len(rounds) // 2].items():
-            results[size, kind] = r
+        rounds.sort(key=lambda r: r["ratio"])
+        ratio[size] = round(rounds[len(rounds) // 2]["ratio"], 3)
+        for kind in ("omni", "causal"):
+            r = results[size, kind] = rounds[len(rounds) // 2][kind]
+            r["peak_mb"] = run_isolated("train_memory", (size, kind), device)  # alone: no other kind's pool
             print(f"{size:>6} {kind:>6}: {r['params'] / 1e6:.2f}M params, {r['rows']} rows x {r['length']} tokens: "
                   f"{r['ms']:8.1f} ms/step, {r['tokens_per_s']:8.0f} tokens/s, peak +{r['peak_mb']:.0f} MB, "
                   f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    ratio = {size: round(results[size, "omni"]["ms"] / results[size, "causal"]["ms"], 3) for size in args.sizes}
     print("omni / causal step time: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
     fraction = {size: round(results[size, "omni"]["flops_per_s"] / peak, 3) for size in args.sizes}
     print("fraction of the matmul peak (omni): " + ", ".join(f"{k} {v}" for k, v in fraction.items()))
@@ -373,7 +385,7 @@ def main(argv=None):
     train = sub.add_parser("train", help="Show-o training step: omni-attention vs plain causal, FLOP/s")
     train.add_argument("--sizes", nargs="+", default=["main", "small", "medium"], choices=list(TRAIN_SIZES),
                        help="model sizes to time (main: the main job's own model; the ratio target is read at medium)")
-    train.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
+    train.add_argument("--repeats", type=int, default=10, help="timed steps of each kind per round (medians reported)")
     train.add_argument("--rounds", type=int, default=3, help="rounds per size (a fresh process each on CPU); the one with the median omni / causal ratio is kept")
     train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
     train.add_argument("--device", default="auto")
