@@ -175,9 +175,8 @@ def bench_tokenizer(args):
 
 TRAIN_SIZES = {  # name: (model options, rows per batch, image tokens)
     # the main job's own Show-o: the shapes preset's model (its additions included), 4x4-token images
-    "main": (dict(n_layer=4, n_head=SHOWO_PRESETS["shapes"]["n_head"], n_embd=SHOWO_PRESETS["shapes"]["n_embd"],
-                  slot_embedding=SHOWO_PRESETS["shapes"]["slot_embedding"], text_conv=SHOWO_PRESETS["shapes"]["text_conv"],
-                  codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["bits"]), 64, 16),
+    "main": (dict(n_layer=4, codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["bits"],
+                  **{k: SHOWO_PRESETS["shapes"][k] for k in ("n_head", "n_embd", "slot_embedding", "text_conv")}), 64, 16),
     "small": (dict(n_layer=2, n_head=4, n_embd=128), 32, 64),    # 8x8-token images, as CIFAR-10's
     "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64, 64),
 }

@@ -789,8 +789,11 @@ def main_job(args, tok_parser, showo_parser):
     if conv < 0:
         sys.exit("error: --text-conv must be >= 0 (0: no text convolution)")
     # A changed addition gets its own run folder, so it never collides with the preset's checkpoints.
-    suffix = (f"-seed{args.job_seed}" if args.job_seed else "") + ("" if slot == preset["slot_embedding"] else
-              "-slot" if slot else "-noslot") + ("" if conv == preset["text_conv"] else f"-textconv{conv}")
+    suffix = f"-seed{args.job_seed}" if args.job_seed else ""
+    if slot != preset["slot_embedding"]:
+        suffix += "-slot" if slot else "-noslot"
+    if conv != preset["text_conv"]:
+        suffix += f"-textconv{conv}"
     run_dir = args.job_out or f"out/shapes{suffix}"
     common = ["--seed", str(args.job_seed)]
     tok_argv = common + ["--out", run_dir, "--resume"]
