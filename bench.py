@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,7 +49,8 @@ import torch
 from model import (IGNORE, KVCache, Showo, ShowoConfig, autodetect_device, generate_images, generate_text,
                    joint_loss, mask_image_tokens, optimizer_groups, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer
-from train import SHOWO_PRESETS, TOKENIZER_PRESETS, TokenizerTrainConfig, batch_losses, tokenizer_model_config
+from train import (SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, batch_losses,
+                   make_config)
 
 
 def median_time(fn, repeats, device):
@@ -145,7 +147,7 @@ def bench_tokenizer(args):
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
-    model_cfg = tokenizer_model_config(TokenizerTrainConfig(**TOKENIZER_PRESETS["shapes"]))
+    model_cfg = make_config(TokenizerTrainConfig, TOKENIZER_PRESETS["shapes"]).model
     model = ImageTokenizer(model_cfg).to(device).eval()
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
     seconds = median_time(lambda: model.decode(model.encode(images)), args.repeats, device)
@@ -175,8 +177,8 @@ def bench_tokenizer(args):
 
 TRAIN_SIZES = {  # name: (model options, rows per batch, image tokens)
     # the main job's own Show-o: the shapes preset's model (its additions included), 4x4-token images
-    "main": (dict(n_layer=4, codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["bits"],
-                  **{k: SHOWO_PRESETS["shapes"][k] for k in ("n_head", "n_embd", "slot_embedding", "text_conv")}), 64, 16),
+    "main": (dict(asdict(make_config(ShowoTrainConfig, SHOWO_PRESETS["shapes"]).model),
+                  codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["codebook_bits"]), 64, 16),
     "small": (dict(n_layer=2, n_head=4, n_embd=128), 32, 64),    # 8x8-token images, as CIFAR-10's
     "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64, 64),
 }

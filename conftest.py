@@ -7,9 +7,9 @@ import pytest
 import train
 
 TINY_TOKENIZER = ["tokenizer", "--dataset", "shapes", "--limit", "64", "--eval-images", "16", "--image-size", "16",
-                  "--channels", "8,16", "--bits", "5", "--batch-size", "16", "--warmup-steps", "1",
+                  "--channels", "8,16", "--codebook-bits", "5", "--batch-size", "16", "--warmup-steps", "1",
                   "--bpe-vocab", "300", "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]
-TINY_SHOWO = ["--dataset", "shapes", "--limit", "64", "--image-size", "16", "--n-layer", "1", "--n-head", "2",
+TINY_SHOWO = ["--dataset", "shapes", "--limit", "64", "--n-layer", "1", "--n-head", "2",
               "--n-embd", "32", "--batch-size", "16", "--eval-rows", "16", "--warmup-steps", "2", "--device", "cpu"]
 
 

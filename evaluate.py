@@ -40,7 +40,8 @@ import torch
 
 import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
-from data.shapes import parse_caption, prompts_for_category, score
+from data.shapes import parse_caption, prompts_for_category
+from data.shapes_scorer import score
 from model import autocast, autodetect_device, generate_images, generate_text
 from sample import Pipeline, image_grid, labelled_grid
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images

@@ -41,21 +41,24 @@ IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_ind
 @dataclass
 class ShowoConfig:
     """Show-o as published by default. The two options under "Additions" are ours (section below)."""
-    text_vocab_size: int = 512     # ids of the BPE text tokenizer
-    codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    mlp_ratio: int = 4
-    rope_base: float = 10000.0
+    text_vocab_size: int = 512     # ids of the BPE text tokenizer           } set from the tokenizers
+    codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer    } by train.py, not by hand
+    image_tokens: int = 64         # tokens per image (h * w of its grid)    }
+    n_layer: int = 4               # transformer blocks
+    n_head: int = 4                # attention heads, each with its own QK-Norm'd queries and keys
+    n_embd: int = 256              # width of the residual stream
+    mlp_ratio: int = 4             # MLP hidden width = mlp_ratio * n_embd
+    rope_base: float = 10000.0     # RoPE's base: channel pair i turns at rope_base^(-2i/head_dim)
     max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
-    image_tokens: int = 64         # tokens per image (h * w of the tokenizer's grid)
     flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
     # Additions for a small model trained from scratch (not in the paper; off = Show-o as published)
     slot_embedding: bool = False   # [MASK] slots add a learned embedding of their place on the grid
     text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings
 
     def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "mlp_ratio", "max_text", "image_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} must split into {self.n_head} heads of even size (for RoPE)")
         if self.text_conv < 0:

@@ -17,6 +17,7 @@ codes to pixels; a labelled PNG grid is written to --out. Image outputs go to --
 out/samples/); text outputs are printed.
 """
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -144,6 +145,44 @@ def steps_strip(pipe, history):
     frames = pipe.decode_codes(torch.stack([h[0] for h in history]))
     labels = [f"step {i + 1}: {int((h[0] < 0).sum())} masked" for i, h in enumerate(history)]
     return labelled_grid(frames, labels, per_row=len(frames), label_width=16)
+
+
+def plot_losses(log_paths, path, width=640, height=320):
+    """Per-task training losses of consecutive runs (the stages), one line per task, as a PNG drawn
+    with Pillow (no plotting library needed). Vertical lines mark where a stage begins."""
+    series, offsets, offset = {}, [], 0
+    for log_path in log_paths:
+        records = [json.loads(line) for line in open(log_path)]
+        offsets.append(offset)
+        for r in records:
+            for task in ("t2i", "mmu", "lm"):
+                if task in r:
+                    series.setdefault(task, []).append((offset + r["step"], r[task]))
+        offset += records[-1]["step"] if records else 0
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(v for points in series.values() for _, v in points)
+    x = lambda step: 40 + (width - 50) * step / max(offset, 1)            # noqa: E731
+    y = lambda value: height - 30 - (height - 50) * value / max(top, 1e-9)  # noqa: E731
+    draw.line([(40, 10), (40, height - 30), (width - 10, height - 30)], fill="black")
+    for frac in (0, 0.5, 1):
+        draw.text((2, y(top * frac) - 6), f"{top * frac:.1f}", fill="black")
+    for stage, start in enumerate(offsets, 1):
+        draw.line([(x(start), 10), (x(start), height - 30)], fill=(200, 200, 200))
+        draw.text((x(start) + 3, height - 26), f"stage {stage}", fill="gray")
+    colours = {"t2i": (244, 160, 0), "mmu": (66, 133, 244), "lm": (120, 120, 120)}
+    for i, (task, points) in enumerate(series.items()):
+        runs, current = [], [points[0]]
+        for a, b in zip(points, points[1:]):
+            if b[0] - a[0] > 1:  # the task pauses (a stage without it): break the line
+                runs.append(current)
+                current = []
+            current.append(b)
+        for run in runs + [current]:
+            if len(run) > 1:
+                draw.line([(x(s), y(v)) for s, v in run], fill=colours[task], width=1)
+        draw.text((width - 160 + 50 * i, 12), task, fill=colours[task])
+    img.save(path)
 
 
 # -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@ Tokenizers: everything that turns text and pixels into integer ids.
 
 1. The text tokenizer: a small byte-level BPE vocabulary trained by our own short BPE trainer
    (`train_bpe`) on the dataset's captions, saved in tiktoken's rank-file format and loaded as a
-   `tiktoken.Encoding`. Offline by default; GPT-2's encoding can be used when tiktoken can load it.
+   `tiktoken.Encoding`. Nothing is downloaded.
 2. The image tokenizer: a convolutional autoencoder with lookup-free quantization (LFQ), as in
    MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
    to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
@@ -25,7 +25,7 @@ import numbers
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -124,21 +124,6 @@ class TextTokenizer:
     def from_file(cls, path):
         return cls.from_ranks(load_bpe(path))
 
-    @classmethod
-    def gpt2(cls):
-        """GPT-2's 50,257-token vocabulary. tiktoken downloads it once (then caches it); offline with an
-        empty cache this fails, and we say so instead of showing a network traceback."""
-        import tiktoken
-        try:
-            encoding = tiktoken.get_encoding("gpt2")
-        except (ImportError, OSError, ValueError) as e:  # requests' errors are OSErrors
-            raise RuntimeError(
-                "could not load tiktoken's GPT-2 encoding: it needs a one-time download (or a filled "
-                "TIKTOKEN_CACHE_DIR) and this machine seems offline. Use the trained BPE vocabulary "
-                f"instead (the default). Original error: {e}") from e
-        # GPT-2's Encoding knows <|endoftext|>; we use only ordinary text, see encode().
-        return cls(encoding)
-
     def encode(self, text):
         # encode_ordinary never emits special tokens: special-looking text stays text.
         return self.encoding.encode_ordinary(text)
@@ -170,13 +155,9 @@ class LFQ(nn.Module):
       mean is exact and cheap: each token's distribution over the group's codes is the outer product
       of its distributions over the low and high half of the bits, so the batch mean is one matrix
       product of two (tokens, 2^(group/2)) tables; no (tokens, 2^group) table is ever built.
-      Groups must be large: the joint is what matters. With 8-bit groups on CIFAR-10 at K = 12 each
-      group's marginal was already near-uniform, so the penalty saw nothing wrong while only 35-50%
-      of the codes were used; one exact 12-bit group, estimated on a random subset of
-      `entropy_tokens` tokens per step, raised it to 80% (weight 0.02, short run) and 100% (weight
-      0.05) of the codes over the CIFAR-10 test split. At K = 16 a 12-bit plus a 4-bit group left 60%
-      of the codes unused and one exact 16-bit group still 22%; one exact group over all tokens of
-      the batch used 99.96% of them at K = 14 and 96% at K = 15 (92% at weight 0.03, not 0.05).
+      Groups must be large, since the joint is what matters: small groups can each look uniform
+      while most codes go unused (docs/findings.md). With the default of 16 bits every preset's
+      codebook is one exact group.
     """
 
     def __init__(self, bits, tau=0.01, entropy_group_bits=16, entropy_tokens=1024):
@@ -255,19 +236,24 @@ class LFQ(nn.Module):
 
 @dataclass
 class ImageTokenizerConfig:
-    image_size: int = 32           # input resolution (square)
+    """The image tokenizer: what `train.py tokenizer` builds from its "model" options and saves in
+    every checkpoint."""
+    image_size: int = 32           # input resolution (square); images are resized and centre-cropped to it
     channels: tuple = (64, 128)    # width at each resolution from H/2 down; 2^len(channels) downsampling
     res_blocks: int = 1            # residual blocks per resolution
     codebook_bits: int = 12        # K: 2^K codes, K latent channels per position
     entropy_group_bits: int = 16   # bits per group in the batch-entropy term (memory 2^group)
     entropy_tokens: int = 1024     # tokens sampled per step for the batch-entropy term
     tau: float = 0.01              # temperature of p(c|z) in the entropy penalty
-    commitment_weight: float = 0.25  # MAGVIT-v2
+    commitment_weight: float = 0.25  # weight of ||z - sg(q)||^2 (MAGVIT-v2's 0.25)
     entropy_weight: float = 0.02   # MAGVIT-v2 uses 0.1; about 0.02 reconstructs better at toy scale
-    mse_weight: float = 1.0        # reconstruction = mse_weight * MSE + l1_weight * L1 (pixels in [-1, 1])
-    l1_weight: float = 0.0
 
     def __post_init__(self):
+        self.channels = tuple(self.channels)  # (32, 64, 64) whether given as a tuple or a list
+        if not 1 <= self.codebook_bits <= 24:  # 2^24 codes already need 16M-row tables in the sampler
+            raise ValueError(f"codebook_bits must be in 1..24, got {self.codebook_bits}")
+        if self.res_blocks < 1 or not self.channels:
+            raise ValueError("a tokenizer needs at least one level of channels and one residual block per level")
         for width in self.channels:
             if width < 4 or width % group_count(width):
                 raise ValueError(f"channel width {width} does not split into GroupNorm groups: use "
@@ -421,9 +407,8 @@ class ImageTokenizer(nn.Module):
         q, indices, aux = self.quantizer(self.latent(images))
         recon = self.decoder(q)
         c = self.cfg
-        mse = F.mse_loss(recon.float(), images.float())
-        rec = c.mse_weight * mse + (c.l1_weight * F.l1_loss(recon.float(), images.float()) if c.l1_weight else 0)
-        loss = rec + c.commitment_weight * aux["commitment"] + c.entropy_weight * aux["entropy"]
+        mse = F.mse_loss(recon.float(), images.float())  # pixels in [-1, 1]; PSNR = 10 log10(4 / mse)
+        loss = mse + c.commitment_weight * aux["commitment"] + c.entropy_weight * aux["entropy"]
         return recon, indices, dict(loss=loss, mse=mse.detach(), **aux)
 
     @torch.no_grad()
@@ -460,10 +445,7 @@ def tensor_to_images(x):
 def image_tokenizer_checkpoint(model, **extra):
     """The checkpoint as one plain dict of tensors and built-in types (config as a dict, not a
     dataclass), so it loads with torch.load(weights_only=True), which never runs code."""
-    from dataclasses import asdict
-    cfg = asdict(model.cfg)
-    cfg["channels"] = list(cfg["channels"])
-    return dict(kind="image_tokenizer", config=cfg, model=model.state_dict(), **extra)
+    return dict(kind="image_tokenizer", config=asdict(model.cfg), model=model.state_dict(), **extra)
 
 
 def read_checkpoint(path, map_location="cpu", missing_hint=""):
@@ -484,11 +466,9 @@ def load_image_tokenizer(path, map_location="cpu"):
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "image_tokenizer":
         raise ValueError(f"{path} is not an image tokenizer checkpoint (kind={ckpt.get('kind') if isinstance(ckpt, dict) else type(ckpt).__name__})")
     try:
-        cfg = dict(ckpt["config"])
-        cfg["channels"] = tuple(cfg["channels"])
-        model = ImageTokenizer(ImageTokenizerConfig(**cfg))
+        model = ImageTokenizer(ImageTokenizerConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:  # missing/unknown config keys, mismatched weights
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:  # unknown config keys, mismatched weights
         raise ValueError(f"{path} does not match this version's image tokenizer: {e}") from e
     return model.eval(), ckpt
 

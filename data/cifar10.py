@@ -3,7 +3,6 @@ CIFAR-10 reader: the official "python version" files -> ImageTextData (32x32 pho
 
     from data.cifar10 import load_cifar10
     ds = load_cifar10("../shared/data", split="test")    # a dir holding cifar-10-batches-py/, or that dir
-    python -m data.cifar10 --download DIR                # fetch, verify and unpack (163 MB, needs a network)
 
 Format (https://www.cs.toronto.edu/~kriz/cifar.html): cifar-10-batches-py/ holds data_batch_1..5
 (the training split, 10,000 images each), test_batch (10,000) and batches.meta (label_names). Each
@@ -17,17 +16,13 @@ CIFAR-10 has no captions, so each image gets a few made from its class name ("a 
 
 Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
 """
-import argparse
-import hashlib
 import pickle
-import tarfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from data import ImageTextData
+from data.dataset import ImageTextData
 from data.folder import square_rgb
 from data.shapes import PREFIXES
 
@@ -35,8 +30,6 @@ BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 CAPTION_TEMPLATES = tuple(prefix + " {}" for prefix in PREFIXES)  # the shapes world's prefixes
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page
 CIFAR_QUESTION = "what is this?"  # stage 3 asks it of every image; the answer is the class name
 
 
@@ -103,15 +96,14 @@ def class_captions(class_name):
 def find_batches_dir(data_dir):
     """Accept the cifar-10-batches-py directory itself or a directory that contains it."""
     if data_dir is None:
-        raise ValueError(f"load_cifar10 needs data_dir (the folder holding {BATCHES_DIR}/); "
-                         "to fetch it: python -m data.cifar10 --download DIR")
+        raise ValueError(f"load_cifar10 needs data_dir (the folder holding {BATCHES_DIR}/)")
     root = Path(data_dir)
     if (root / BATCHES_DIR).is_dir():
         return root / BATCHES_DIR
     if any((root / name).is_file() for name in [*TRAIN_BATCHES, TEST_BATCH, "batches.meta"]):
         return root
     raise FileNotFoundError(f"no CIFAR-10 data in {root}: expected {root / BATCHES_DIR}/ with data_batch_1..5, "
-                            f"test_batch and batches.meta (to fetch it: python -m data.cifar10 --download {root})")
+                            "test_batch and batches.meta")
 
 
 def load_cifar10(data_dir, split="train", limit=None, image_size=32):
@@ -148,53 +140,3 @@ def load_cifar10(data_dir, split="train", limit=None, image_size=32):
         captions=[list(captions_per_class[label]) for label in labels],
         labels=labels, class_names=class_names,
         info={"source": str(batches_dir), "batches": used, "missing_batches": missing})
-
-
-def md5_of(path):
-    """Hex MD5 of a file, read in 1 MB chunks (the archive is 163 MB)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_cifar10(dest_dir):
-    """Download the official archive into dest_dir, check its MD5, unpack it; returns the batches dir."""
-    dest = Path(dest_dir)
-    if (dest / BATCHES_DIR / "batches.meta").is_file():
-        print(f"{dest / BATCHES_DIR} already exists")
-        return dest / BATCHES_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "cifar-10-python.tar.gz"
-    if not (archive.is_file() and md5_of(archive) == CIFAR10_MD5):  # reuse an archive fetched by hand
-        print(f"downloading {CIFAR10_URL} -> {archive}")
-        try:
-            urllib.request.urlretrieve(CIFAR10_URL, archive)
-        except OSError as err:  # urllib's URLError (no network, DNS, HTTP errors) is an OSError
-            raise RuntimeError(f"could not download {CIFAR10_URL} ({err}). Offline? Fetch the file on a "
-                               f"machine with a network and put it at {archive}, then run this again.") from err
-        if md5_of(archive) != CIFAR10_MD5:
-            archive.unlink()
-            raise RuntimeError(f"checksum mismatch for {CIFAR10_URL}: expected MD5 {CIFAR10_MD5}; "
-                               "the download was damaged or changed and has been deleted, try again")
-    try:
-        with tarfile.open(archive) as tar:
-            # the "data" filter (Python >= 3.11.4) refuses paths outside dest, links out of it, devices
-            tar.extractall(dest, filter="data")
-    except tarfile.TarError as err:
-        raise RuntimeError(f"could not unpack {archive} safely: {err}") from err
-    print(f"unpacked to {dest / BATCHES_DIR}")
-    return dest / BATCHES_DIR
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="CIFAR-10 in the official python format.")
-    parser.add_argument("--download", metavar="DIR", required=True,
-                        help="download, verify (MD5) and unpack into DIR/cifar-10-batches-py/")
-    args = parser.parse_args(argv)
-    download_cifar10(args.download)
-
-
-if __name__ == "__main__":
-    main()

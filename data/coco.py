@@ -22,7 +22,7 @@ Captions", 2015.
 import json
 from pathlib import Path
 
-from data import ImageTextData
+from data.dataset import ImageTextData
 from data.folder import decode_images
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}  # test captions were never released

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from data import ImageTextData
+from data.dataset import ImageTextData
 
 # What Pillow raises for a file it cannot decode: UnidentifiedImageError and "image file is
 # truncated" are OSErrors, some broken PNG/JPEG chunks raise SyntaxError, damaged tiles raise

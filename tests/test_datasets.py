@@ -10,18 +10,14 @@ import io
 import json
 import os
 import pickle
-import shutil
-import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data import cifar10, load
-from data.cifar10 import download_cifar10, load_cifar10
+from data import load
+from data.cifar10 import load_cifar10
 from data.coco import load_coco
 from data.folder import load_folder, read_image
 
@@ -125,46 +121,6 @@ def test_cifar_damaged_batch_gives_an_error_naming_the_file(tmp_path, damage):
     with pytest.raises(ValueError, match=r"test_batch.*expected"):
         load_cifar10(tmp_path, split="test")
     assert not marker.exists()
-
-
-def make_tar_gz(path, members):
-    """members: {name inside the archive: bytes}."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in members.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(content)
-            tar.addfile(member, io.BytesIO(content))
-
-
-def test_download_offline_gives_a_clear_error(tmp_path, monkeypatch):
-    def offline(url, filename):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
-    with pytest.raises(RuntimeError, match="Offline"):
-        cifar10.main(["--download", str(tmp_path)])
-
-
-def test_download_checks_md5_then_unpacks(tmp_path, monkeypatch):
-    served = tmp_path / "served.tar.gz"  # what the fake server hands out
-    make_tar_gz(served, {"cifar-10-batches-py/batches.meta": b"meta"})
-    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: shutil.copy(served, filename))
-    dest = tmp_path / "dest"
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
-        download_cifar10(dest)  # served file is not the official archive
-    assert not (dest / "cifar-10-python.tar.gz").exists()  # a bad download is not left behind
-    monkeypatch.setattr(cifar10, "CIFAR10_MD5", cifar10.md5_of(served))
-    assert download_cifar10(dest) == dest / "cifar-10-batches-py"
-    assert (dest / "cifar-10-batches-py" / "batches.meta").read_bytes() == b"meta"
-
-
-def test_download_refuses_paths_outside_the_destination(tmp_path, monkeypatch):
-    served = tmp_path / "served.tar.gz"
-    make_tar_gz(served, {"../escaped.txt": b"x"})
-    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: shutil.copy(served, filename))
-    monkeypatch.setattr(cifar10, "CIFAR10_MD5", cifar10.md5_of(served))
-    with pytest.raises(RuntimeError, match="safely"):
-        download_cifar10(tmp_path / "dest")
-    assert not (tmp_path / "escaped.txt").exists()
 
 
 needs_cifar = pytest.mark.skipif(not (SHARED / "cifar-10-batches-py").is_dir(),

@@ -193,16 +193,6 @@ def test_user_text_never_becomes_a_special_token():
     assert len(ids) > 3
 
 
-def test_gpt2_encoding_offline_gives_a_clear_error(monkeypatch):
-    import tiktoken
-
-    def offline(name):
-        raise OSError("network is unreachable")
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(RuntimeError, match="offline"):
-        TextTokenizer.gpt2()
-
-
 def test_bpe_training_is_deterministic_and_validates_size():
     assert train_bpe(CAPTIONS, 290) == train_bpe(CAPTIONS, 290)
     with pytest.raises(ValueError, match=">= 256"):

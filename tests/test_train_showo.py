@@ -16,6 +16,7 @@ import torch
 
 import train
 from conftest import TINY_SHOWO, TINY_TOKENIZER
+from data.tasks import TaskRows
 from model import ShowoConfig, load_showo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_stages_chain_through_init(tokenizer, tmp_path):
     assert "mmu" in log[0] and "lm" not in log[0]  # stage 3: QA + captions + generation, no LM rows
     s1, _ = load_showo(tmp_path / "s1" / "showo.pt")
     s3, ckpt = load_showo(tmp_path / "s3" / "showo.pt")
-    assert ckpt["train_config"]["vqa_frac"] > 0 and ckpt["step"] == 2
+    assert ckpt["train_config"]["mix"]["vqa_frac"] > 0 and ckpt["step"] == 2
     for (name, a), b in zip(s1.state_dict().items(), s3.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -96,7 +97,7 @@ def test_held_out_losses_see_each_item_once(tokenizer, monkeypatch):
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=1,
                             n_embd=32, n_head=2)
-    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=1)
+    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=1)
     seen, real = [], train.build_batch
     monkeypatch.setattr(train, "build_batch", lambda r, items, *a: seen.extend(items) or real(r, items, *a))
     cfg = train.ShowoTrainConfig(batch_size=16)
@@ -115,8 +116,8 @@ def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer):
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=2,
                             n_embd=32, n_head=2)
-    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
-    cfg = train.ShowoTrainConfig(batch_size=32, t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1)
+    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    cfg = train.ShowoTrainConfig(batch_size=32, mix=train.TaskMix(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1))
     groups = train.build_batch(rows, list(range(32)), cfg, random.Random(0), torch.Generator().manual_seed(0))
     assert sorted(TASKS[g[2][0]] for g in groups) == ["lm", "mmu", "t2i"]
     assert all(len(set(g[2].tolist())) == 1 for g in groups) and len({g[0].shape[1] for g in groups}) == 3
@@ -144,7 +145,7 @@ def test_checkpoint_from_another_tokenizer_is_refused(tokenizer, tmp_path):
         train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(other / "tokenizer.pt"), "--out", str(tmp_path / "s2"),
                                              "--stage", "2", "--init", str(tmp_path / "s1" / "showo.pt")])
     small = tmp_path / "smalltok"
-    train.main(TINY_TOKENIZER + ["--out", str(small), "--bits", "4"])
+    train.main(TINY_TOKENIZER + ["--out", str(small), "--codebook-bits", "4"])
     with pytest.raises(SystemExit, match="image codes"):
         train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(small / "tokenizer.pt"), "--out", str(tmp_path / "s3"),
                                              "--init", str(tmp_path / "s1" / "showo.pt")])
@@ -194,11 +195,12 @@ def test_condition_dropout_rate(tokenizer):
     ds = data.load("shapes", "train", image_size=16, limit=64)
     codes = train.image_codes(ds, tokenizer, torch.device("cpu"))
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
-    cfg = train.ShowoTrainConfig(batch_size=64, t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0, cond_dropout=0.1)
+    cfg = train.ShowoTrainConfig(batch_size=64, mix=train.TaskMix(t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0,
+                                                                   cond_dropout=0.1))
     from model import ShowoConfig
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
     space = model_cfg.space
-    rows = train.TaskRows(ds, codes, text, model_cfg, stage=2)
+    rows = TaskRows(ds, codes, text, model_cfg, stage=2)
     empty = total = 0
     for step in range(40):
         (ids, _, _), = train.showo_batch(rows, step, cfg)  # text-to-image rows only: one group
@@ -216,7 +218,7 @@ def test_question_rows_pack_several_turns_and_stay_within_the_longest_row(tokeni
     ds = data.load("shapes", "train", image_size=16, limit=32)
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
-    rows = train.TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
     rng, space = random.Random(0), model_cfg.space
     turns = []
     for i in range(len(ds)):
@@ -268,7 +270,7 @@ def test_bench_train_reports_the_omni_over_causal_ratio():
 
 def test_the_shapes_tokenizer_gives_each_image_at_least_16_tokens():
     # the main job's tokenizer is the convolutional LFQ one every dataset uses, at 8x downsampling
-    model_cfg = train.tokenizer_model_config(train.TokenizerTrainConfig(**train.TOKENIZER_PRESETS["shapes"]))
+    model_cfg = train.make_config(train.TokenizerTrainConfig, train.TOKENIZER_PRESETS["shapes"]).model
     assert model_cfg.image_size == 32 and model_cfg.latent_size ** 2 >= 16 and model_cfg.downsample <= 8
 
 
@@ -277,10 +279,7 @@ def test_checkpoints_hold_the_papers_model_unless_the_preset_adds_to_it(showo_ru
     # our additions, and a checkpoint differs from the paper's model only where the preset or the
     # command line (the tiny test sizes) says so, besides the sizes the tokenizers fix
     paper = ShowoConfig()
-    defaults = train.ShowoTrainConfig()
-    for f in dataclasses.fields(ShowoConfig):
-        if hasattr(defaults, f.name):
-            assert getattr(defaults, f.name) == getattr(paper, f.name), f.name
+    assert train.ShowoTrainConfig().model == paper  # the trainer holds the model's own config
     _, ckpt = load_showo(showo_run / "showo.pt")
     said = set(train.SHOWO_PRESETS["shapes"]) | {"n_layer", "n_head", "n_embd"}
     from_tokenizers = {"text_vocab_size", "codebook_size", "image_tokens"}
