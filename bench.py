@@ -49,8 +49,8 @@ import torch
 from model import (IGNORE, KVCache, Showo, ShowoConfig, autodetect_device, generate_images, generate_text,
                    joint_loss, mask_image_tokens, optimizer_groups, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer
-from train import (SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, batch_losses,
-                   make_config)
+from config import SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, make_config
+from train import batch_losses
 
 
 def median_time(fn, repeats, device):
@@ -194,7 +194,7 @@ def bench_model(size, device, image_tokens=None):
 
 def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
     """A mixed batch with random text ids and codes, laid out like the main job's stage 1 (half
-    text-to-image rows, 40% captioning, 10% text only) and, as train.build_batch does, one padded
+    text-to-image rows, 40% captioning, 10% text only) and, as data.tasks.build_batch does, one padded
     group per task: [(ids, labels, task)]."""
     g = torch.Generator().manual_seed(seed)
     text = lambda: torch.randint(0, space.text_vocab_size, (text_len,), generator=g).tolist()  # noqa: E731

@@ -24,6 +24,7 @@ and a short causal convolution over text embeddings (text_conv).
 """
 import hashlib
 import math
+import os
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -558,6 +559,14 @@ def file_digest(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, then rename: readers only ever see a
+    complete old file or a complete new one, even after kill -9 mid-write."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def showo_checkpoint(model, **extra):

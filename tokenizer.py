@@ -1,9 +1,9 @@
 """
 Tokenizers: everything that turns text and pixels into integer ids.
 
-1. The text tokenizer: a small byte-level BPE vocabulary trained by our own short BPE trainer
-   (`train_bpe`) on the dataset's captions, saved in tiktoken's rank-file format and loaded as a
-   `tiktoken.Encoding`. Nothing is downloaded.
+1. The text tokenizer: a small byte-level BPE vocabulary, trained on the dataset's captions by our
+   own short trainer (train.py, `train_bpe`), saved in tiktoken's rank-file format and loaded here
+   as a `tiktoken.Encoding`. Nothing is downloaded.
 2. The image tokenizer: a convolutional autoencoder with lookup-free quantization (LFQ), as in
    MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
    to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
@@ -16,15 +16,10 @@ toy scale (32x32 images -> 4x4 tokens for the shapes world at 8x downsampling, 8
 Follow one image: `ImageTokenizer.encode(images)` runs the `Encoder` (pixels -> K-channel latent),
 RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer
 code per position; `decode(codes)` unpacks the bits back into +-1 vectors and runs the `Decoder`.
-
-Try it:  python tokenizer.py --text "a red circle to the left of a blue square"
 """
-import argparse
 import base64
 import numbers
-import re
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# Text: a byte-level BPE trainer whose output tiktoken can load
+# Text: byte-level BPE ranks in tiktoken's format
 
 # Pre-tokenization splits text into chunks that BPE never merges across: an optional space plus a
 # run of letters, digits or other symbols, or whitespace (GPT-2's idea). The pattern must work both
@@ -41,53 +36,6 @@ import torch.nn.functional as F
 # character: tiktoken only encodes what the pattern matches, so a gap would silently drop text.
 # Letters are "word characters that are not digits or underscore"; the symbol class adds "_".
 SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
-
-
-def train_bpe(texts, vocab_size, verbose=False):
-    """Learn byte-level BPE merges from an iterable of strings.
-
-    Returns `ranks`: dict bytes -> rank, the format tiktoken encodes with. Ranks 0..255 are the 256
-    single bytes (so any string, in any script, can be encoded); each merge then adds the byte
-    string of the most frequent adjacent pair, in order. tiktoken encodes by repeatedly merging the
-    adjacent pair whose concatenation has the lowest rank, which replays these merges in order.
-    """
-    if vocab_size < 256:
-        raise ValueError(f"vocab_size must be >= 256 (the single bytes), got {vocab_size}")
-    # Count chunks once; BPE then works on the distinct chunks weighted by their counts.
-    chunk_counts = Counter()
-    for text in texts:
-        chunk_counts.update(re.findall(SPLIT_PATTERN, text))
-    words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunk_counts]
-    counts = list(chunk_counts.values())
-    ranks = {bytes([b]): b for b in range(256)}
-    while len(ranks) < vocab_size:
-        pair_counts = Counter()
-        for word, count in zip(words, counts):
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break  # every chunk is a single token already: the corpus is exhausted
-        # Most frequent pair; ties go to the lexicographically smallest so training is deterministic.
-        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
-        merged = best[0] + best[1]
-        if merged not in ranks:  # two different pairs can spell the same bytes; keep one rank
-            ranks[merged] = len(ranks)
-        for word in words:  # replace every occurrence of the pair, left to right
-            i = 0
-            while i < len(word) - 1:
-                if word[i] == best[0] and word[i + 1] == best[1]:
-                    word[i:i + 2] = [merged]
-                i += 1
-        if verbose:
-            print(f"merge {len(ranks) - 256:4d}: {best[0]!r} + {best[1]!r} (seen {pair_counts[best]}x)")
-    return ranks
-
-
-def save_bpe(ranks, path):
-    """tiktoken's rank-file format: one line per token, `base64(token bytes) rank`."""
-    with open(path, "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
 
 
 def load_bpe(path):
@@ -650,18 +598,3 @@ class TokenSpace:
         task = torch.tensor([TASKS.index(r.task) for r in rows])
         return torch.from_numpy(ids), torch.from_numpy(targets), task
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Show how the text tokenizer splits a string: trains a "
-                                     "small BPE on the shapes world's captions and prints the tokens.")
-    parser.add_argument("--text", default="a red circle to the left of a blue square")
-    parser.add_argument("--vocab-size", type=int, default=320)
-    parser.add_argument("--verbose", action="store_true", help="print every merge as it is learned")
-    args = parser.parse_args()
-    from data import load
-    ds = load("shapes", split="train", limit=2000)
-    ranks = train_bpe((c for caps in ds.captions for c in caps), args.vocab_size, verbose=args.verbose)
-    tok = TextTokenizer.from_ranks(ranks)
-    ids = tok.encode(args.text)
-    print(f"{len(ranks)} tokens; {args.text!r} -> {len(ids)} ids: {ids}")
-    print(" | ".join(tok.decode([i]) for i in ids))

@@ -29,39 +29,32 @@ model.ShowoConfig) and, for Show-o, the batch mix (TaskMix); the command line is
 those dataclasses, and a checkpoint saves the model's config exactly as it was built.
 """
 import argparse
-import hashlib
-import inspect
+import base64
 import json
 import math
 import os
-import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from collections import Counter
+from dataclasses import asdict, replace
 
 import torch
 from tqdm import tqdm
 
 import data
-from data.tasks import TASK_NAMES, TaskRows
+from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
+                    TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, config_from_args)
+from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch
 from evaluate import evaluate_showo, evaluate_tokenizer, psnr, reconstruct
-from model import (Showo, ShowoConfig, autocast, autodetect_device, file_digest, generate_images, joint_loss,
-                   load_showo, mask_image_tokens, optimizer_groups, showo_checkpoint, training_labels)
+from model import (Showo, atomic_save, autocast, autodetect_device, file_digest, generate_images, joint_loss,
+                   load_showo, optimizer_groups, showo_checkpoint)
 from sample import Pipeline, image_grid, plot_losses, steps_strip
-from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TASKS, images_to_tensor,
-                       image_tokenizer_checkpoint, load_image_tokenizer, read_checkpoint, save_bpe, train_bpe)
+from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
+                       load_image_tokenizer)
 
 # -----------------------------------------------------------------------------
 # Shared by both trainers: checkpoints, the schedule, the data order, the run folder
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename: readers only ever see a
-    complete old file or a complete new one, even after kill -9 mid-write."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def lr_at(step, cfg):
@@ -82,16 +75,6 @@ def update(loss, model, optimizer, grad_clip, step, ckpt_path):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-
-
-def batch_indices(step, n, batch_size, seed):
-    """The images of training step `step`: epoch e is a random permutation seeded by (seed, e), and
-    step s takes its slice. A pure function of the step, so a resumed run sees exactly the data the
-    uninterrupted run would have seen."""
-    per_epoch = max(1, n // batch_size)
-    epoch, i = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return perm[i * batch_size:(i + 1) * batch_size]
 
 
 def start_run(cfg, checkpoint_name):
@@ -120,67 +103,55 @@ def load_splits(cfg, image_size, n_eval, measured):
     return train_ds, eval_ds, held_out
 
 
-def check_run_options(cfg, at_least_one):
-    """What both trainers' configs must hold: a known dataset with its data folder, positive counts."""
-    if cfg.dataset not in data.DATASETS:
-        raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}")
-    if cfg.dataset != "shapes" and cfg.data_dir is None:
-        raise ValueError(f"--data-dir is needed for {cfg.dataset} (e.g. ../shared/data)")
-    for name in at_least_one + ("limit",):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-
-
 # -----------------------------------------------------------------------------
-# Tokenizer training: the run's options, and a CPU-sized preset per dataset
+# Tokenizer training: the text BPE, then the LFQ image tokenizer
 
 
-@dataclass
-class TokenizerTrainConfig:
-    """`train.py tokenizer`. The image tokenizer it trains is `model`, its own config."""
-    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
-    # data
-    dataset: str = "shapes"       # shapes | cifar10 | coco | folder
-    data_dir: str = None          # where cifar10/coco/folder data lives (shapes needs none)
-    limit: int = None             # use at most this many training images
-    eval_images: int = 500        # held-out images used by the periodic evaluation
-    bpe_vocab: int = 512          # text tokenizer size (stops early if the captions run out of pairs)
-    # optimisation
-    max_steps: int = 1500         # optimizer steps in all (a resumed run continues to this)
-    batch_size: int = 64          # images per step
-    lr: float = 2e-3              # peak AdamW learning rate
-    warmup_steps: int = 100       # linear warm-up, then cosine decay to lr * min_lr_frac
-    min_lr_frac: float = 0.05     # final learning rate as a fraction of --lr
-    grad_clip: float = 1.0        # clip the gradient's global norm to this
-    # run
-    out: str = "out/shapes"       # run folder: tokenizer.pt, text.tiktoken, recon.png, log
-    eval_every: int = 250         # evaluate + grid + checkpoint every this many steps
-    seed: int = 0                 # data order, model init and the shapes world all follow it
-    device: str = "auto"          # auto (cuda -> mps -> cpu) | cpu | cuda | mps
-    compile: bool = False         # torch.compile the model (CUDA only; ignored elsewhere)
-    resume: bool = False          # continue from OUT/tokenizer.pt
+def train_bpe(texts, vocab_size, verbose=False):
+    """Learn byte-level BPE merges from an iterable of strings.
 
-    def __post_init__(self):
-        check_run_options(self, ("max_steps", "batch_size", "eval_every", "eval_images"))
+    Returns `ranks`: dict bytes -> rank, the format tiktoken encodes with. Ranks 0..255 are the 256
+    single bytes (so any string, in any script, can be encoded); each merge then adds the byte
+    string of the most frequent adjacent pair, in order. tiktoken encodes by repeatedly merging the
+    adjacent pair whose concatenation has the lowest rank, which replays these merges in order.
+    """
+    if vocab_size < 256:
+        raise ValueError(f"vocab_size must be >= 256 (the single bytes), got {vocab_size}")
+    # Count chunks once; BPE then works on the distinct chunks weighted by their counts.
+    chunk_counts = Counter()
+    for text in texts:
+        chunk_counts.update(re.findall(SPLIT_PATTERN, text))
+    words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunk_counts]
+    counts = list(chunk_counts.values())
+    ranks = {bytes([b]): b for b in range(256)}
+    while len(ranks) < vocab_size:
+        pair_counts = Counter()
+        for word, count in zip(words, counts):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break  # every chunk is a single token already: the corpus is exhausted
+        # Most frequent pair; ties go to the lexicographically smallest so training is deterministic.
+        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
+        merged = best[0] + best[1]
+        if merged not in ranks:  # two different pairs can spell the same bytes; keep one rank
+            ranks[merged] = len(ranks)
+        for word in words:  # replace every occurrence of the pair, left to right
+            i = 0
+            while i < len(word) - 1:
+                if word[i] == best[0] and word[i + 1] == best[1]:
+                    word[i:i + 2] = [merged]
+                i += 1
+        if verbose:
+            print(f"merge {len(ranks) - 256:4d}: {best[0]!r} + {best[1]!r} (seen {pair_counts[best]}x)")
+    return ranks
 
 
-# Presets per dataset, for the README's quality targets; any option of --help may appear here.
-TOKENIZER_PRESETS = {
-    # shapes: 8x downsampling, 4x4 tokens per image (a grid cell of the scene is 2x2 tokens). The
-    # narrow network reaches 100% scorer agreement for every seed tried; K = 12 bits, because at
-    # K = 10 small objects of similar colour or shape shared codes for longer (docs/findings.md).
-    "shapes": dict(codebook_bits=12, channels=(32, 64, 64), max_steps=1200, eval_every=300, entropy_weight=0.025,
-                   out="out/shapes"),
-    # CIFAR-10: 4x downsampling (8x8 tokens). A stronger entropy penalty, taken over every token of
-    # the batch, keeps >= 90% of the 2^15 codes in use on natural images (README, "Image tokenizer").
-    "cifar10": dict(codebook_bits=15, entropy_tokens=4096, max_steps=7000, eval_every=1000, entropy_weight=0.03,
-                    out="out/cifar10", bpe_vocab=320),
-    # Photos like CIFAR-10's; these two presets are smoke-tested only, not tuned.
-    "coco": dict(codebook_bits=12, max_steps=3000, entropy_weight=0.05, out="out/coco", bpe_vocab=2048),
-    "folder": dict(codebook_bits=12, max_steps=3000, entropy_weight=0.05, out="out/folder"),
-}
-# Options that fix the data order and the schedule: a resumed run must use the same ones.
-RESUME_MUST_MATCH = ("dataset", "limit", "batch_size", "seed", "lr", "warmup_steps", "min_lr_frac")
+def save_bpe(ranks, path):
+    """tiktoken's rank-file format: one line per token, `base64(token bytes) rank`."""
+    with open(path, "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
 
 
 def train_text_tokenizer(ds, cfg):
@@ -297,162 +268,7 @@ def train_tokenizer(cfg):
 
 
 # -----------------------------------------------------------------------------
-# Show-o training: the batch mix, the run's options, the three stages
-
-
-@dataclass
-class TaskMix:
-    """What one batch holds (section 3.4): its share of rows per task, and the joint loss's weights."""
-    t2i_frac: float = 0.5         # text-to-image rows (MTP loss); the fractions are normalised to sum to 1
-    caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
-    vqa_frac: float = 0.0         # question -> answer rows (understanding, NTP loss)
-    lm_frac: float = 0.1          # text-only language-modelling rows (NTP loss)
-    cond_dropout: float = 0.1     # probability that a text-to-image prompt is replaced by the empty one (for guidance)
-    w_t2i: float = 1.0            # weight of the MTP loss in L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM (equation 4)
-    w_mmu: float = 1.0            # weight of the understanding rows' NTP loss
-    w_lm: float = 0.1             # weight of the text-only rows' NTP loss (Show-o's configs: 1, 1, 0.1)
-
-    def __post_init__(self):
-        fracs = (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac)
-        if min(fracs) < 0 or sum(fracs) <= 0:
-            raise ValueError("the task fractions must be >= 0 and not all 0")
-        if not 0 <= self.cond_dropout <= 1:
-            raise ValueError("--cond-dropout must be in [0, 1]")
-
-    def counts(self, batch_size):
-        """Rows per task in a batch of batch_size, from the fractions (largest remainder rounding)."""
-        fracs = dict(zip(TASK_NAMES, (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac)))
-        exact = {k: batch_size * v / sum(fracs.values()) for k, v in fracs.items()}
-        counts = {k: int(v) for k, v in exact.items()}
-        for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:batch_size - sum(counts.values())]:
-            counts[k] += 1
-        return counts
-
-
-@dataclass
-class ShowoTrainConfig:
-    """`train.py showo`. The transformer it trains is `model` (model.ShowoConfig), its batches `mix`."""
-    model: ShowoConfig = field(default_factory=ShowoConfig)
-    mix: TaskMix = field(default_factory=TaskMix)
-    # data
-    dataset: str = "shapes"       # shapes | cifar10 | coco | folder
-    data_dir: str = None          # where cifar10/coco/folder data lives (shapes needs none)
-    tokenizer: str = None         # image tokenizer checkpoint, text.tiktoken beside it (None: the one in OUT/..)
-    limit: int = None             # use at most this many training images
-    eval_rows: int = 256          # held-out rows for the periodic evaluation
-    # stage (section 3.4): each stage sets the defaults of the mix options
-    stage: int = 1                # 1: class/label-conditional generation + captioning + LM; 2: captions; 3: QA
-    init: str = None              # start from this Show-o checkpoint's weights (the previous stage's)
-    # optimisation
-    max_steps: int = 1000         # optimizer steps in all (a resumed run continues to this)
-    batch_size: int = 64          # rows per step
-    lr: float = 1e-3              # peak AdamW learning rate
-    weight_decay: float = 0.05    # on linear-layer matrices only (not norms, biases, embeddings)
-    warmup_steps: int = 50        # linear warm-up, then cosine decay to lr * min_lr_frac
-    min_lr_frac: float = 0.1      # final learning rate as a fraction of --lr
-    grad_clip: float = 1.0        # clip the gradient's global norm to this
-    # run
-    out: str = None               # run folder for showo.pt and log.jsonl (None: out/DATASET/stageN)
-    eval_every: int = 100         # held-out losses + checkpoint every this many steps
-    seed: int = 0                 # data order, masking and model init all follow it
-    device: str = "auto"          # auto (cuda -> mps -> cpu) | cpu | cuda | mps
-    compile: bool = False         # torch.compile the model (CUDA only; ignored elsewhere)
-    resume: bool = False          # continue from OUT/showo.pt
-
-    def __post_init__(self):
-        check_run_options(self, ("max_steps", "batch_size", "eval_every", "eval_rows"))
-        if self.stage not in SHOWO_STAGES:
-            raise ValueError(f"--stage must be 1, 2 or 3, not {self.stage}")
-
-
-# The paper's three stages (section 3.4) as batch mixes. Stage 1 conditions generation on class
-# names where the data has classes (CIFAR-10); the shapes world and COCO have none, so their stage 1
-# uses captions, like stage 2. Stage 3 adds question -> answer rows and keeps the other tasks in the
-# mix so nothing learned earlier is forgotten.
-SHOWO_STAGES = {
-    1: dict(t2i_frac=0.5, caption_frac=0.4, vqa_frac=0.0, lm_frac=0.1),
-    2: dict(t2i_frac=0.5, caption_frac=0.5, vqa_frac=0.0, lm_frac=0.0),
-    3: dict(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.4, lm_frac=0.0),
-}
-# shapes: at a CPU budget of minutes a narrow model that takes more steps learns more than a wide
-# one, and 8 heads of 16 dimensions learn more than 4 of 32 at the same cost (docs/findings.md). The
-# two additions (model.py, "Additions") are on here; the README shows the main job without each.
-SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, slot_embedding=True, text_conv=3),
-                 "cifar10": dict(max_steps=2000),
-                 "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
-SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
-                           "warmup_steps", "min_lr_frac", "max_steps", "grad_clip") + tuple(f.name for f in fields(TaskMix))
-FROM_TOKENIZERS = ("text_vocab_size", "codebook_size", "image_tokens")  # ShowoConfig fields the tokenizers fix
-
-
-def image_codes(ds, tokenizer_path, device):
-    """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
-    never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
-    the images themselves: other data (another folder, another --limit or seed) gets another file.
-    -> (N, h*w) int64 codes."""
-    images_digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
-    key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
-    cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
-    if os.path.exists(cache):
-        try:
-            codes = read_checkpoint(cache)
-            if isinstance(codes, torch.Tensor) and codes.shape[0] == len(ds):
-                return codes.long()
-        except ValueError:
-            pass
-        print(f"cache {cache} is damaged; tokenizing again")
-    model, _ = load_image_tokenizer(tokenizer_path)
-    model.to(device)
-    codes = []
-    for i in tqdm(range(0, len(ds), 256), desc=f"tokenizing {ds.name} {ds.split}", dynamic_ncols=True):
-        x = images_to_tensor(ds.images[i:i + 256]).to(device)
-        with torch.no_grad(), autocast(device):
-            codes.append(model.encode(x).flatten(1).cpu())  # (b, h, w) -> (b, h*w), row-major
-    codes = torch.cat(codes).to(torch.int32)  # half the disk of int64; 2^K <= 2^24 fits
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    atomic_save(codes, cache)
-    return codes.long()
-
-
-def seeded(*parts):
-    """(random.Random, torch.Generator) seeded from the parts, e.g. (seed, "train", step): every
-    step's randomness is a pure function of its name, whatever ran before it."""
-    name = "/".join(map(str, parts))
-    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
-    return random.Random(name), torch.Generator().manual_seed(number)
-
-
-def build_batch(rows_of, items, cfg, rng, gen):
-    """Dataset items -> one batch with its rows split over the tasks by the configured fractions,
-    prompts dropped for guidance, and images masked for MTP, as one padded group per loss term:
-    text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
-    padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
-    would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
-    Every loss term lives in one group, so the per-task mean losses are those of one padded batch.
-    -> [(input ids (b, L), labels (b, L), task (b,))], one per task present."""
-    rows = []
-    for task, n in cfg.mix.counts(len(items)).items():
-        rows += [rows_of.row(task, i, rng, cfg.mix.cond_dropout) for i in items[len(rows):len(rows) + n]]
-    space, groups, flex = rows_of.space, [], cfg.model.flex_attention
-    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
-    # and one group (every group would be that long, so splitting would only add forward passes).
-    length = rows_of.max_len if flex else None
-    for kinds in [TASKS] if flex else [(kind,) for kind in TASKS]:
-        group = [r for r in rows if r.task in kinds]
-        if group:
-            ids, text_targets, task = space.pad_rows(group, length)               # (b, L), (b, L), (b,)
-            inputs, masked = mask_image_tokens(ids, task, space, gen)             # MTP: hide part of each image
-            groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
-    return groups
-
-
-def showo_batch(rows_of, step, cfg):
-    """The batch of training step `step` (its groups, see build_batch): a pure function of (seed,
-    stage, step), like batch_indices, so a resumed run sees the same rows, the same condition
-    dropout and the same masks, and a later stage does not replay an earlier one's draws."""
-    rng, gen = seeded(cfg.seed, "train", cfg.stage, step)
-    items = batch_indices(step, len(rows_of.codes), cfg.batch_size, cfg.seed + 1000 * cfg.stage).tolist()
-    return build_batch(rows_of, items, cfg, rng, gen)
+# Show-o training: the batch of each step, the stages' checkpoints, the loop
 
 
 def batch_losses(model, groups, device):
@@ -621,65 +437,7 @@ def train_showo(cfg):
 
 
 # -----------------------------------------------------------------------------
-# Command line: one --flag per config field, grouped as the dataclasses group them
-
-
-def documented_fields(config_cls, title):
-    """{field: (group, help)} from the dataclass's source, so every option is documented once, where
-    it is defined: the `# comment` after a field is its help, and a comment on a line of its own
-    ("# optimisation") opens the group of the fields below it (the first group is `title`)."""
-    names, group, found = {f.name for f in fields(config_cls)}, title, {}
-    for line in inspect.getsource(config_cls).splitlines():
-        if heading := re.match(r"^\s+# (.+)$", line):
-            group = heading[1]
-        elif (m := re.match(r"^\s+(\w+): [^=]+=[^#\n]*(?:#\s*(.+))?$", line)) and m[1] in names:
-            found[m[1]] = (group, m[2] or "")
-    return found
-
-
-def add_config_arguments(parser, config_cls, presets, title, skip=()):
-    """One --flag per field of config_cls and of its nested configs, each in its --help group;
-    defaults stay None so that a dataset preset (shown in the help) can fill them."""
-    for nested_cls, nested_title in nested_configs(config_cls):
-        add_config_arguments(parser, nested_cls, presets, nested_title, skip)
-    groups, documented = {}, documented_fields(config_cls, title)
-    for f in fields(config_cls):
-        if f.name in skip or is_dataclass(f.default_factory):
-            continue
-        group, comment = documented[f.name]
-        if group not in groups:
-            groups[group] = parser.add_argument_group(group)
-        preset_note = ", ".join(f"{k}: {v[f.name]}" for k, v in presets.items() if f.name in v)
-        text = f"{comment} [default {f.default}" + (f"; presets: {preset_note}]" if preset_note else "]")
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:  # --flag / --no-flag; when neither is given a dataset preset or the default decides
-            groups[group].add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            kind = (lambda s: tuple(int(c) for c in s.split(","))) if f.type is tuple else f.type  # "32,64,64"
-            groups[group].add_argument(flag, type=kind, default=None, help=text)
-
-
-def nested_configs(config_cls):
-    """[(dataclass, --help title)] of a config's nested configs: the model's own, the batch mix."""
-    nested = [(f.name, f.default_factory) for f in fields(config_cls) if is_dataclass(f.default_factory)]
-    return [(cls, f"{name} ({cls.__name__}, {'train' if cls.__module__ == '__main__' else cls.__module__}.py)")
-            for name, cls in nested]
-
-
-def make_config(config_cls, values):
-    """config_cls from one flat dict of option values: each nested config takes its own fields."""
-    parts = {f.name: make_config(f.default_factory, values) for f in fields(config_cls) if is_dataclass(f.default_factory)}
-    own = {f.name: values[f.name] for f in fields(config_cls) if f.name in values and f.name not in parts}
-    return config_cls(**own, **parts)
-
-
-def config_from_args(args, parser, config_cls, preset):
-    """The defaults, then the dataset's preset, then what the user typed; a bad value is a usage error."""
-    values = {**preset, **{k: v for k, v in vars(args).items() if v is not None}}
-    try:
-        return make_config(config_cls, values)
-    except ValueError as e:
-        parser.error(str(e))
+# The two commands (their options: config.py)
 
 
 def main_showo(args, parser):

@@ -1,21 +1,61 @@
 """
-What Show-o is taught from each dataset: the rows of every task (paper section 3.4), built from one
-item of a dataset and its image codes.
+What Show-o is taught at each training step (paper section 3.4): which dataset items the step takes,
+the row of every task built from an item and its image codes, and the step's batch, mixed over the
+tasks and masked for the MTP loss.
 
-    from data.tasks import TaskRows
+    from data.tasks import TaskRows, showo_batch
     rows = TaskRows(ds, codes, text_tokenizer, model_cfg, stage=3)
     row = rows.row("vqa", i, random.Random(0))      # a tokenizer.Row, laid out by TokenSpace
+    groups = showo_batch(rows, step, cfg)           # [(input ids, labels, task)], one per loss term
 
 The layouts themselves ([T2I] [SOT] text [EOT] [SOI] image [EOI], ...) belong to
 tokenizer.TokenSpace; this file only decides which text goes into them, which depends on what the
 dataset has: the shapes world has many captions per scene and question/answer pairs, CIFAR-10 a
 class name, COCO five free captions per photo.
 """
+import hashlib
+import os
+import random
+
+import torch
+from tqdm import tqdm
+
 from data.cifar10 import CIFAR_QUESTION
 from data.coco import COCO_QUESTION
 from data.shapes import caption as shapes_caption
+from model import atomic_save, autocast, file_digest, mask_image_tokens, training_labels
+from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkpoint
 
 TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (train.TaskMix's fractions)
+
+
+def image_codes(ds, tokenizer_path, device):
+    """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
+    never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
+    the images themselves: other data (another folder, another --limit or seed) gets another file.
+    -> (N, h*w) int64 codes."""
+    images_digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
+    key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
+    cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
+    if os.path.exists(cache):
+        try:
+            codes = read_checkpoint(cache)
+            if isinstance(codes, torch.Tensor) and codes.shape[0] == len(ds):
+                return codes.long()
+        except ValueError:
+            pass
+        print(f"cache {cache} is damaged; tokenizing again")
+    model, _ = load_image_tokenizer(tokenizer_path)
+    model.to(device)
+    codes = []
+    for i in tqdm(range(0, len(ds), 256), desc=f"tokenizing {ds.name} {ds.split}", dynamic_ncols=True):
+        x = images_to_tensor(ds.images[i:i + 256]).to(device)
+        with torch.no_grad(), autocast(device):
+            codes.append(model.encode(x).flatten(1).cpu())  # (b, h, w) -> (b, h*w), row-major
+    codes = torch.cat(codes).to(torch.int32)  # half the disk of int64; 2^K <= 2^24 fits
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    atomic_save(codes, cache)
+    return codes.long()
 
 
 class TaskRows:
@@ -78,3 +118,57 @@ class TaskRows:
         if task == "lm":
             return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+
+
+# -----------------------------------------------------------------------------
+# The batch of each step: a pure function of (seed, stage, step), so --resume is exact
+
+def batch_indices(step, n, batch_size, seed):
+    """The images of training step `step`: epoch e is a random permutation seeded by (seed, e), and
+    step s takes its slice. A pure function of the step, so a resumed run sees exactly the data the
+    uninterrupted run would have seen."""
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def seeded(*parts):
+    """(random.Random, torch.Generator) seeded from the parts, e.g. (seed, "train", step): every
+    step's randomness is a pure function of its name, whatever ran before it."""
+    name = "/".join(map(str, parts))
+    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+    return random.Random(name), torch.Generator().manual_seed(number)
+
+
+def build_batch(rows_of, items, cfg, rng, gen):
+    """Dataset items -> one batch with its rows split over the tasks by the configured fractions,
+    prompts dropped for guidance, and images masked for MTP, as one padded group per loss term:
+    text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
+    padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
+    would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
+    Every loss term lives in one group, so the per-task mean losses are those of one padded batch.
+    -> [(input ids (b, L), labels (b, L), task (b,))], one per task present."""
+    rows = []
+    for task, n in cfg.mix.counts(len(items)).items():
+        rows += [rows_of.row(task, i, rng, cfg.mix.cond_dropout) for i in items[len(rows):len(rows) + n]]
+    space, groups, flex = rows_of.space, [], cfg.model.flex_attention
+    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
+    # and one group (every group would be that long, so splitting would only add forward passes).
+    length = rows_of.max_len if flex else None
+    for kinds in [TASKS] if flex else [(kind,) for kind in TASKS]:
+        group = [r for r in rows if r.task in kinds]
+        if group:
+            ids, text_targets, task = space.pad_rows(group, length)               # (b, L), (b, L), (b,)
+            inputs, masked = mask_image_tokens(ids, task, space, gen)             # MTP: hide part of each image
+            groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
+    return groups
+
+
+def showo_batch(rows_of, step, cfg):
+    """The batch of training step `step` (its groups, see build_batch): a pure function of (seed,
+    stage, step), like batch_indices, so a resumed run sees the same rows, the same condition
+    dropout and the same masks, and a later stage does not replay an earlier one's draws."""
+    rng, gen = seeded(cfg.seed, "train", cfg.stage, step)
+    items = batch_indices(step, len(rows_of.codes), cfg.batch_size, cfg.seed + 1000 * cfg.stage).tolist()
+    return build_batch(rows_of, items, cfg, rng, gen)

@@ -1,5 +1,5 @@
 """Tests of tokenizer.py: the LFQ quantizer's invariants, the image tokenizer's training and
-checkpoints, the BPE text tokenizer, and the unified token space with its row layouts.
+checkpoints, the BPE text tokenizer (trained by train.py's train_bpe), and the unified token space with its row layouts.
 Run: python -m pytest tests/test_tokenizer.py"""
 import math
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TokenSpace,
-                       image_tokenizer_checkpoint, load_bpe, load_image_tokenizer, save_bpe, train_bpe)
+                       image_tokenizer_checkpoint, load_bpe, load_image_tokenizer)
+from train import save_bpe, train_bpe  # the BPE is trained by the training program, read by tokenizer.py
 
 # ----------------------------------------------------------------------------- LFQ
 

@@ -1,7 +1,6 @@
 """End-to-end tests of `train.py showo` at toy sizes: outputs, the token cache, stages, exact resume after
 kill -9, refusing unsafe or mismatched checkpoints, NaN handling and condition dropout.
 Run: python -m pytest tests/test_train_showo.py"""
-import dataclasses
 import json
 import os
 import pickle
@@ -14,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import config
 import train
 from conftest import TINY_SHOWO, TINY_TOKENIZER
-from data.tasks import TaskRows
+from data.tasks import TaskRows, build_batch, image_codes, showo_batch
 from model import ShowoConfig, load_showo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_cached_codes_are_reused_without_running_the_image_encoder(tokenizer, tm
                         lambda *a, **k: pytest.fail("the encoder ran although the codes were cached"))
     import data
     ds = data.load("shapes", "train", image_size=16, limit=64)
-    codes = train.image_codes(ds, tokenizer, torch.device("cpu"))
+    codes = image_codes(ds, tokenizer, torch.device("cpu"))
     assert codes.shape == (64, 16) and codes.dtype == torch.int64 and 0 <= codes.min() and codes.max() < 32
 
 
@@ -84,8 +84,8 @@ def test_other_images_of_the_same_size_get_their_own_codes(tokenizer):
     import data
     ds = data.load("shapes", "train", image_size=16, limit=64)
     other = data.load("shapes", "train", image_size=16, limit=64, seed=5)  # same name, split and size
-    a = train.image_codes(ds, tokenizer, torch.device("cpu"))
-    b = train.image_codes(other, tokenizer, torch.device("cpu"))
+    a = image_codes(ds, tokenizer, torch.device("cpu"))
+    b = image_codes(other, tokenizer, torch.device("cpu"))
     assert not torch.equal(a, b)
 
 
@@ -97,10 +97,10 @@ def test_held_out_losses_see_each_item_once(tokenizer, monkeypatch):
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=1,
                             n_embd=32, n_head=2)
-    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=1)
+    rows = TaskRows(ds, image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=1)
     seen, real = [], train.build_batch
     monkeypatch.setattr(train, "build_batch", lambda r, items, *a: seen.extend(items) or real(r, items, *a))
-    cfg = train.ShowoTrainConfig(batch_size=16)
+    cfg = config.ShowoTrainConfig(batch_size=16)
     losses = train.held_out_losses(Showo(model_cfg), rows, cfg, torch.device("cpu"), n_rows=40)
     assert sorted(seen) == list(range(40)) and set(losses) == {"t2i", "mmu", "lm"}
 
@@ -116,9 +116,9 @@ def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer):
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=2,
                             n_embd=32, n_head=2)
-    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
-    cfg = train.ShowoTrainConfig(batch_size=32, mix=train.TaskMix(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1))
-    groups = train.build_batch(rows, list(range(32)), cfg, random.Random(0), torch.Generator().manual_seed(0))
+    rows = TaskRows(ds, image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    cfg = config.ShowoTrainConfig(batch_size=32, mix=config.TaskMix(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1))
+    groups = build_batch(rows, list(range(32)), cfg, random.Random(0), torch.Generator().manual_seed(0))
     assert sorted(TASKS[g[2][0]] for g in groups) == ["lm", "mmu", "t2i"]
     assert all(len(set(g[2].tolist())) == 1 for g in groups) and len({g[0].shape[1] for g in groups}) == 3
     torch.manual_seed(0)
@@ -193,9 +193,9 @@ def test_condition_dropout_rate(tokenizer):
     import data
     from tokenizer import TextTokenizer
     ds = data.load("shapes", "train", image_size=16, limit=64)
-    codes = train.image_codes(ds, tokenizer, torch.device("cpu"))
+    codes = image_codes(ds, tokenizer, torch.device("cpu"))
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
-    cfg = train.ShowoTrainConfig(batch_size=64, mix=train.TaskMix(t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0,
+    cfg = config.ShowoTrainConfig(batch_size=64, mix=config.TaskMix(t2i_frac=1, caption_frac=0, vqa_frac=0, lm_frac=0,
                                                                    cond_dropout=0.1))
     from model import ShowoConfig
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
@@ -203,7 +203,7 @@ def test_condition_dropout_rate(tokenizer):
     rows = TaskRows(ds, codes, text, model_cfg, stage=2)
     empty = total = 0
     for step in range(40):
-        (ids, _, _), = train.showo_batch(rows, step, cfg)  # text-to-image rows only: one group
+        (ids, _, _), = showo_batch(rows, step, cfg)  # text-to-image rows only: one group
         sot = (ids == space.sot).nonzero()
         empty += (ids[sot[:, 0], sot[:, 1] + 1] == space.eot).sum().item()  # [SOT][EOT]: the empty prompt
         total += len(sot)
@@ -218,7 +218,7 @@ def test_question_rows_pack_several_turns_and_stay_within_the_longest_row(tokeni
     ds = data.load("shapes", "train", image_size=16, limit=32)
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
-    rows = TaskRows(ds, train.image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
+    rows = TaskRows(ds, image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
     rng, space = random.Random(0), model_cfg.space
     turns = []
     for i in range(len(ds)):
@@ -270,7 +270,7 @@ def test_bench_train_reports_the_omni_over_causal_ratio():
 
 def test_the_shapes_tokenizer_gives_each_image_at_least_16_tokens():
     # the main job's tokenizer is the convolutional LFQ one every dataset uses, at 8x downsampling
-    model_cfg = train.make_config(train.TokenizerTrainConfig, train.TOKENIZER_PRESETS["shapes"]).model
+    model_cfg = config.make_config(config.TokenizerTrainConfig, config.TOKENIZER_PRESETS["shapes"]).model
     assert model_cfg.image_size == 32 and model_cfg.latent_size ** 2 >= 16 and model_cfg.downsample <= 8
 
 
@@ -279,9 +279,9 @@ def test_checkpoints_hold_the_papers_model_unless_the_preset_adds_to_it(showo_ru
     # our additions, and a checkpoint differs from the paper's model only where the preset or the
     # command line (the tiny test sizes) says so, besides the sizes the tokenizers fix
     paper = ShowoConfig()
-    assert train.ShowoTrainConfig().model == paper  # the trainer holds the model's own config
+    assert config.ShowoTrainConfig().model == paper  # the trainer holds the model's own config
     _, ckpt = load_showo(showo_run / "showo.pt")
-    said = set(train.SHOWO_PRESETS["shapes"]) | {"n_layer", "n_head", "n_embd"}
+    said = set(config.SHOWO_PRESETS["shapes"]) | {"n_layer", "n_head", "n_embd"}
     from_tokenizers = {"text_vocab_size", "codebook_size", "image_tokens"}
     for name, value in ckpt["config"].items():
         if name not in said | from_tokenizers:
