@@ -49,15 +49,6 @@ def omni_attention_mask(ids, space):
     return mask[:, None]                                                         # (B, 1, L, L), one mask for all heads
 
 
-def causal_mask(ids, space):
-    """The plain language-model mask with the same padding rule (for comparisons and pictures)."""
-    B, L = ids.shape
-    pos = torch.arange(L, device=ids.device)
-    mask = (pos[:, None] >= pos[None, :]) & (ids != space.pad)[:, None, :]
-    mask |= torch.eye(L, dtype=torch.bool, device=ids.device)
-    return mask[:, None]
-
-
 def omni_block_mask(ids, space):
     """The same rule as a FlexAttention BlockMask (CUDA path). `mask_mod` answers one (row, query,
     key) question at a time; create_block_mask evaluates it per 128x128 tile and records which tiles

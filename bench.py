@@ -54,11 +54,12 @@ from train import batch_losses
 
 
 def median_time(fn, repeats, device):
-    """Median wall time of fn() in seconds, after one warm-up call."""
+    """Median wall time of fn() in seconds, after one warm-up call (allocator pools, kernel
+    choices and lazy initialisation all happen on the first call, not in a timed one)."""
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
+        if device.type == "cuda":  # CUDA runs asynchronously: wait for the work before reading the clock
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
@@ -83,6 +84,7 @@ def lfq_lookup(z, lfq):
 
 
 def proc_status_kib(key):
+    """One field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: the peak since reset)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
@@ -119,13 +121,13 @@ def quantizer_case(method, bits, tokens, repeats, device):
     """Time and peak memory of one quantizer on `tokens` random latents. Returns a dict."""
     torch.manual_seed(0)
     z = torch.randn(tokens, bits, device=device)
-    if method == "vq":
+    if method == "vq":  # a codebook of 2^bits vectors of the same width K: what LFQ replaces
         codebook = torch.randn(2 ** bits, bits, device=device)
         fn = lambda: vq_lookup(z, codebook)  # noqa: E731
     else:
         lfq = LFQ(bits).to(device)
         fn = lambda: lfq_lookup(z, lfq)  # noqa: E731
-    seconds, peak_mb = time_and_peak_memory(fn, repeats, device)
+    seconds, peak_mb = time_and_peak_memory(fn, repeats, device)  # VQ's peak: its (tokens, 2^K) distances
     return dict(method=method, bits=bits, tokens=tokens, ms=seconds * 1e3, peak_mb=peak_mb)
 
 
@@ -144,6 +146,7 @@ def run_isolated(function, args, device):
 
 
 def bench_tokenizer(args):
+    """`bench.py tokenizer`: the module docstring's two measurements -> one JSON-able dict."""
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
@@ -164,6 +167,7 @@ def bench_tokenizer(args):
             r = rows[-1]
             print(f"{method:>3} 2^{bits:<2} codes, {args.tokens} tokens: {r['ms']:9.3f} ms  "
                   f"peak +{r['peak_mb']:8.1f} MB")
+    # ratios from one run (the machine's noise cancels), keyed by the number of codes
     by = {(r["method"], r["bits"]): r for r in rows}
     ratio = {str(2 ** b): round(by["vq", b]["ms"] / by["lfq", b]["ms"], 1) for b in args.bits}
     mem = {str(2 ** b): dict(lfq_mb=round(by["lfq", b]["peak_mb"], 1), vq_mb=round(by["vq", b]["peak_mb"], 1))
@@ -179,6 +183,8 @@ TRAIN_SIZES = {  # name: (model options, rows per batch, image tokens)
     # the main job's own Show-o: the shapes preset's model (its additions included), 4x4-token images
     "main": (dict(asdict(make_config(ShowoTrainConfig, SHOWO_PRESETS["shapes"]).model),
                   codebook_size=2 ** TOKENIZER_PRESETS["shapes"]["codebook_bits"]), 64, 16),
+    # CIFAR-10-like rows: 8x8 = 64 image tokens, so image spans dominate the sequence and the
+    # omni mask differs from the causal one over most of the attention matrix
     "small": (dict(n_layer=2, n_head=4, n_embd=128), 32, 64),    # 8x8-token images, as CIFAR-10's
     "medium": (dict(n_layer=4, n_head=4, n_embd=256), 64, 64),
 }
@@ -196,10 +202,10 @@ def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
     """A mixed batch with random text ids and codes, laid out like the main job's stage 1 (half
     text-to-image rows, 40% captioning, 10% text only) and, as data.tasks.build_batch does, one padded
     group per task: [(ids, labels, task)]."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # the same batch in every process, so rounds compare
     text = lambda: torch.randint(0, space.text_vocab_size, (text_len,), generator=g).tolist()  # noqa: E731
     image = lambda: torch.randint(0, space.codebook_size, (image_tokens,), generator=g)  # noqa: E731
-    n_t2i, n_mmu = rows // 2, (rows * 2) // 5
+    n_t2i, n_mmu = rows // 2, (rows * 2) // 5  # 50% text-to-image, 40% captions, the rest text only
     groups = []
     for group in ([space.t2i(text(), image()) for _ in range(n_t2i)], [space.mmu(image(), [], text()) for _ in range(n_mmu)],
                   [space.lm(text()) for _ in range(rows - n_t2i - n_mmu)]):
@@ -214,6 +220,7 @@ def step_flops(model, groups):
     6 x (the head's) per position that carries a loss (the only ones it projects), and the attention
     scores and weighted sums, 12 x layers x width x L per token (forward 1x, backward 2x)."""
     cfg = model.cfg
+    # 6 = 2 (multiply-add) x 3 (forward, and backward's two products: gradients of input and weight)
     block_params = sum(p.numel() for n, p in model.blocks.named_parameters() if p.ndim == 2)
     flops = 0
     for ids, labels, _ in groups:
@@ -228,7 +235,7 @@ def train_step(size, kind, device):
     (the same weights, seed 0) and batch with SDPA's plain causal path instead."""
     _, rows, image_tokens = TRAIN_SIZES[size]
     model = bench_model(size, device).train()
-    if kind == "causal":
+    if kind == "causal":  # attention(..., mask=None) takes SDPA's is_causal path (attention.py)
         model.attention_mask = lambda ids: None
     groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
     optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
@@ -252,6 +259,7 @@ def train_case(size, repeats, device):
     a shared machine's drift and a process's warm-up hit both alike; the ratio is the median of the
     ratios of neighbouring steps, the cost of the mask alone. -> {kind: dict of median ms, tokens/s,
     FLOP/s}, and "ratio"."""
+    # both kinds hold the same weights (seed 0) and the same batch: only the attention mask differs
     cases = {kind: train_step(size, kind, device) for kind in ("omni", "causal")}
     for _, _, step in cases.values():  # warm-up: allocator pools, kernel choices
         step(), step()
@@ -259,6 +267,7 @@ def train_case(size, repeats, device):
     for _ in range(repeats):
         for kind, (_, _, step) in cases.items():
             seconds[kind].append(timed_call(step, device)[0])
+    # the median of paired ratios: a slow moment of the machine slows a pair's two steps alike
     results = dict(ratio=statistics.median(o / c for o, c in zip(seconds["omni"], seconds["causal"])))
     for kind, (model, groups, _) in cases.items():
         median = statistics.median(seconds[kind])
@@ -272,12 +281,13 @@ def train_case(size, repeats, device):
 
 def matmul_peak(device, n=1024, repeats=7):
     """The machine's fp32 (bf16 on CUDA) matmul FLOP/s on square n x n matrices: the roofline we compare to."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the dtype training runs in
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / median_time(lambda: a @ b, repeats, device)
 
 
 def bench_train(args):
+    """`bench.py train`: step time, memory and FLOP/s per size, omni against causal -> one dict."""
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     peak = matmul_peak(device)
@@ -297,6 +307,7 @@ def bench_train(args):
     print("omni / causal step time: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
     fraction = {size: round(results[size, "omni"]["flops_per_s"] / peak, 3) for size in args.sizes}
     print("fraction of the matmul peak (omni): " + ", ".join(f"{k} {v}" for k, v in fraction.items()))
+    # the headline keys are read at the medium size, the largest; every size's figures stay beside them
     main_size = "medium" if "medium" in args.sizes else args.sizes[-1]
     omni = results[main_size, "omni"]
     return dict(device=str(device), omni_over_causal=ratio[main_size], omni_over_causal_by_size=ratio,
@@ -317,6 +328,7 @@ def autoregressive_images(model, prompts, generator):
         row.text_targets.pop()
     ids, _, _ = space.pad_rows(rows, left=True)
     cache = KVCache()
+    # one pass over the prompt fills the cache; then each image token is one single-token pass
     logits, _ = model(ids.to(next(model.parameters()).device), cache=cache)
     codes = []
     for _ in range(n):
@@ -329,7 +341,7 @@ def autoregressive_images(model, prompts, generator):
 def sample_case(image_tokens, repeats, batch, device):
     """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size."""
     model = bench_model("medium", device, image_tokens).eval()
-    prompts = [list(range(16))] * batch
+    prompts = [list(range(16))] * batch  # 16 text ids: a typical prompt's length
     g = torch.Generator().manual_seed(0)
     ar = median_time(lambda: autoregressive_images(model, prompts, g), repeats, device)
     out = dict(image_tokens=image_tokens, batch=batch, ar_s=ar, ar_forward_passes=image_tokens + 1)
@@ -340,6 +352,7 @@ def sample_case(image_tokens, repeats, batch, device):
 
 
 def bench_sample(args):
+    """`bench.py sample`: MaskGIT against autoregressive decoding, the KV cache, images/s -> one dict."""
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={})
@@ -354,7 +367,9 @@ def bench_sample(args):
 
     model = bench_model("medium", device).eval()
     space = model.space
+    # a captioning prefix as in evaluation: [MMU] [SOI] 64 codes [EOI] [SOT] 16-token prompt
     prefixes = [space.mmu(torch.arange(64), list(range(16))) for _ in range(args.batch)]  # 84 tokens
+    # stop_at_eot=False: random weights would stop at a random length; both sides decode 32 tokens
     timed = {use: median_time(lambda: generate_text(model, prefixes, 32, use_cache=use, stop_at_eot=False),
                               args.repeats, device) for use in (True, False)}
     result["kv_cache_speedup"] = round(timed[False] / timed[True], 2)
@@ -363,6 +378,7 @@ def bench_sample(args):
     print(f"captioning, {len(prefixes[0].ids)}-token prefix + 32 new tokens, batch {args.batch}: KV cache "
           f"{timed[True] * 1e3:.0f} ms vs recomputing {timed[False] * 1e3:.0f} ms: {result['kv_cache_speedup']}x")
 
+    # batching is what makes MaskGIT pay on parallel hardware: images/s as the batch grows
     result["maskgit_images_per_s"] = {}
     for batch in args.batches:
         prompts = [list(range(16))] * batch
@@ -398,6 +414,7 @@ def main(argv=None):
     smp.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
     smp.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    # --quick: the smallest case of each benchmark, for tests and a first look; not for quoting
     if args.command == "sample":
         if args.quick:
             args.image_tokens, args.batch, args.batches, args.repeats = [16], 2, [1, 2], 1

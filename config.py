@@ -192,37 +192,51 @@ def documented_fields(config_cls, title):
     return found
 
 
+def int_tuple(text):
+    """A command-line list of widths, "32,64,64" -> (32, 64, 64)."""
+    return tuple(int(c) for c in text.split(","))
+
+
 def add_config_arguments(parser, config_cls, presets, title, skip=()):
     """One --flag per field of config_cls and of its nested configs, each in its --help group;
-    defaults stay None so that a dataset preset (shown in the help) can fill them."""
+    defaults stay None so that a preset (shown in the help: per dataset, or per stage) can fill them."""
     for nested_cls, nested_title in nested_configs(config_cls):
         add_config_arguments(parser, nested_cls, presets, nested_title, skip)
     groups, documented = {}, documented_fields(config_cls, title)
     for f in fields(config_cls):
         if f.name in skip or is_dataclass(f.default_factory):
             continue
-        group, comment = documented[f.name]
+        group, comment = documented.get(f.name, (title, ""))
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
-        preset_note = ", ".join(f"{k}: {v[f.name]}" for k, v in presets.items() if f.name in v)
-        text = f"{comment} [default {f.default}" + (f"; presets: {preset_note}]" if preset_note else "]")
+        shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731 (as typed)
+        preset_note = ", ".join(f"{k}: {shown(v[f.name])}" for k, v in presets.items() if f.name in v)
+        text = f"{comment} [default {shown(f.default)}" + (f"; presets: {preset_note}]" if preset_note else "]")
+        text = text.replace("%", "%%")  # argparse %-formats help strings
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:  # --flag / --no-flag; when neither is given a dataset preset or the default decides
             groups[group].add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = (lambda s: tuple(int(c) for c in s.split(","))) if f.type is tuple else f.type  # "32,64,64"
-            groups[group].add_argument(flag, type=kind, default=None, help=text)
+            groups[group].add_argument(flag, type=int_tuple if f.type is tuple else f.type, default=None, help=text)
 
 
 def nested_configs(config_cls):
     """[(dataclass, --help title)] of a config's nested configs: the model's own, the batch mix."""
-    nested = [(f.name, f.default_factory) for f in fields(config_cls) if is_dataclass(f.default_factory)]
-    return [(cls, f"{name} ({cls.__name__}, {'train' if cls.__module__ == '__main__' else cls.__module__}.py)")
-            for name, cls in nested]
+    return [(f.default_factory, f"{f.name} ({f.default_factory.__name__}, {f.default_factory.__module__}.py)")
+            for f in fields(config_cls) if is_dataclass(f.default_factory)]
+
+
+def option_names(config_cls):
+    """Every option a config takes from a flat dict: its own fields and its nested configs'."""
+    names = set()
+    for f in fields(config_cls):
+        names |= option_names(f.default_factory) if is_dataclass(f.default_factory) else {f.name}
+    return names
 
 
 def make_config(config_cls, values):
-    """config_cls from one flat dict of option values: each nested config takes its own fields."""
+    """config_cls from one flat dict of option values: each nested config takes its own fields
+    (keys that are no option, e.g. argparse's own, are left alone; presets are checked by a test)."""
     parts = {f.name: make_config(f.default_factory, values) for f in fields(config_cls) if is_dataclass(f.default_factory)}
     own = {f.name: values[f.name] for f in fields(config_cls) if f.name in values and f.name not in parts}
     return config_cls(**own, **parts)

@@ -6,6 +6,8 @@ import pytest
 
 import train
 
+# Tiny sizes: every end-to-end test trains in about a second; what they check is the plumbing
+# (files, resume, errors), never quality.
 TINY_TOKENIZER = ["tokenizer", "--dataset", "shapes", "--limit", "64", "--eval-images", "16", "--image-size", "16",
                   "--channels", "8,16", "--codebook-bits", "5", "--batch-size", "16", "--warmup-steps", "1",
                   "--bpe-vocab", "300", "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]

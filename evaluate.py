@@ -11,7 +11,7 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   collapse: 64 images x 64 tokens can never use 8192 codes);
 - perplexity: exp of the entropy of the split's code histogram (2^K would be perfectly uniform use);
 - shapes only, scorer_agreement: fraction of reconstructions in which the world's scorer
-  (data/shapes.py, plain image analysis) finds exactly the ground-truth scene.
+  (data/shapes_scorer.py, plain image analysis) finds exactly the ground-truth scene.
 
 `showo` evaluates a Show-o checkpoint (with the tokenizers it was trained with):
 - shapes: a GenEval-style table. For each of GenEval's six categories (single object, two objects,
@@ -61,7 +61,7 @@ def psnr(originals, reconstructions):
 def reconstruct(model, images_uint8, device, batch_size=256):
     """uint8 (N, H, W, 3) -> (codes (N, h, w) int64, reconstructions uint8 (N, H, W, 3))."""
     codes, recons = [], []
-    for i in range(0, len(images_uint8), batch_size):
+    for i in range(0, len(images_uint8), batch_size):  # batches: a whole split at once would not fit a GPU
         x = images_to_tensor(images_uint8[i:i + batch_size]).to(device)
         with autocast(device):
             c = model.encode(x)
@@ -73,6 +73,7 @@ def reconstruct(model, images_uint8, device, batch_size=256):
 
 def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=None, device="auto",
                        grid_path=None):
+    """The image tokenizer on a whole held-out split -> dict of the metrics in the module docstring."""
     device = autodetect_device(device)
     model, ckpt = load_image_tokenizer(ckpt_path, map_location=device)
     model.to(device)
@@ -80,6 +81,8 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
     t0 = time.time()
     codes, recon = reconstruct(model, ds.images, device)
     seconds = time.time() - t0
+    # the split's code histogram: usage = codes seen at least once, perplexity = exp(entropy), the
+    # number of equally used codes that would give the same entropy (2^K at perfectly uniform use)
     counts = torch.bincount(codes.flatten(), minlength=model.codebook_size).double()
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
@@ -89,6 +92,8 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
                   perplexity=round(math.exp(entropy), 1),
                   images_per_s=round(len(ds) / seconds, 1), trained_steps=ckpt.get("step"))
     if dataset == "shapes":
+        # PSNR cannot say whether a blue square came back cyan; the scorer can: a reconstruction
+        # agrees when it detects exactly the original's objects (shape, colour, size, cell)
         agree = sum(score(img, scene) for img, scene in zip(recon, ds.scenes))
         result["scorer_agreement"] = round(agree / len(ds), 4)
     if grid_path:
@@ -96,10 +101,13 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
     return result
 
 
+# GenEval's six categories (Ghosh et al. 2023; Show-o's table 2 reports them), in its order; the
+# shapes world's grammar writes prompts of each (data.shapes.prompts_for_category)
 GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def batched(items, size):
+    """Consecutive slices of at most `size` items."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -108,6 +116,7 @@ def draw(pipe, prompts, cfg, generator):
     """Text prompts -> uint8 images (N, H, W, 3), in batches."""
     images = []
     for chunk in batched(prompts, cfg["batch"]):
+        # one generator for the whole evaluation: the same seed draws the same images every run
         codes, _ = generate_images(pipe.model, [pipe.encode_text(p) for p in chunk], steps=cfg["steps"],
                                    guidance=cfg["guidance"], generator=generator)
         images.append(pipe.decode_codes(codes))
@@ -118,6 +127,7 @@ def answer(pipe, codes, questions, batch, max_new_tokens=24):
     """Greedy answers (or captions, for empty questions) to one question per image -> strings."""
     answers = []
     for idx in batched(list(range(len(questions))), batch):
+        # [MMU] [SOI] image [EOI] [SOT] question, left open: the model writes the answer and [EOT]
         rows = [pipe.space.mmu(codes[i], pipe.encode_text(questions[i]) if questions[i] else [],
                                max_text=pipe.model.cfg.max_text) for i in idx]
         answers += [pipe.text.decode(o).strip() for o in generate_text(pipe.model, rows, max_new_tokens)]
@@ -151,20 +161,25 @@ def describable_scenes(ds):
 
 
 def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
+    """The shapes world: generation (GenEval-style), then understanding (VQA, POPE, captions)."""
     result, examples = {"geneval": {}}, []
     for category in GENEVAL_CATEGORIES:
+        # seed 0 always: every checkpoint is judged on the same prompts, whatever the sampling seed
         prompts = prompts_for_category(category, cfg["prompts"], seed=0)
         images = draw(pipe, prompts, cfg, generator)
         passed = [score(img, p) for img, p in zip(images, prompts)]
         result["geneval"][category] = round(sum(passed) / len(passed), 4)
         examples += [(img, ("ok: " if ok else "no: ") + p) for img, p, ok in list(zip(images, prompts, passed))[:4]]
         print(f"geneval {category:>14}: {result['geneval'][category]:.3f} ({len(prompts)} prompts)")
+    # GenEval's overall score is the plain mean of its categories
     result["geneval"]["overall"] = round(sum(result["geneval"].values()) / len(GENEVAL_CATEGORIES), 4)
     print(f"geneval {'overall':>14}: {result['geneval']['overall']:.3f}")
     if out_dir:
         labelled_grid(np.stack([e[0] for e in examples]), [e[1] for e in examples], per_row=8).save(
             os.path.join(out_dir, "samples.png"))
 
+    # Understanding: held-out images through the image tokenizer, one question each, greedy answers
+    # of at most 6 tokens (the longest answer, "top left", is 2-3), judged by exact match
     codes = pipe.encode_images(ds.images)
     pairs = distinct_questions(ds)
     answers = answer(pipe, codes[[i for i, _, _, _ in pairs]], [q for _, q, _, _ in pairs], cfg["batch"], 6)
@@ -172,14 +187,18 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     for (_, _, truth, qtype), got in zip(pairs, answers):
         by_type.setdefault(qtype, []).append(got == truth)
     result["vqa_by_type"] = {t: round(sum(v) / len(v), 4) for t, v in sorted(by_type.items())}
+    # existence questions are POPE's (balanced yes / no); the other four types make the VQA score
     vqa_types = [t for t in by_type if t != "exist"]
     result["vqa"] = round(sum(result["vqa_by_type"][t] for t in vqa_types) / len(vqa_types), 4)
     exist = [(truth, got) for (_, _, truth, qtype), got in zip(pairs, answers) if qtype == "exist"]
     result["pope"] = round(sum(t == g for t, g in exist) / len(exist), 4)
+    # a model that always answers "yes" scores 0.5 on POPE: the share of yes answers shows that bias
     result["pope_yes_ratio"] = round(sum(g == "yes" for _, g in exist) / len(exist), 4)
     print(f"vqa {result['vqa']:.3f} by type {result['vqa_by_type']}; pope {result['pope']:.3f} "
           f"(answered yes {result['pope_yes_ratio']:.2f}, truth yes 0.50)")
 
+    # Captions: the caption rows train full descriptions, so a caption passes only when it parses and
+    # names exactly the image's objects with every attribute; the grammar's descriptions cover 1-2 objects
     describable = describable_scenes(ds)
     captions = answer(pipe, codes[describable], [""] * len(describable), cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
     hits = [caption_scene(c) == ds.scenes[i].key() for i, c in zip(describable, captions)]
@@ -194,11 +213,12 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
 def evaluate_classes(pipe, ds, cfg, generator, out_dir):
     """CIFAR-10: classification by asking the trained question, and two samples per class."""
     codes = pipe.encode_images(ds.images)
+    # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
     truth = [ds.class_names[label] for label in ds.labels]
     result = {"classification_accuracy": round(sum(a == t for a, t in zip(answers, truth)) / len(ds), 4)}
     print(f"classification by asking {CIFAR_QUESTION!r}: {result['classification_accuracy']:.3f} on {len(ds)} images")
-    stage = pipe.ckpt.get("train_config", {}).get("stage")
+    stage = pipe.ckpt.get("train_config", {}).get("stage")  # which prompts it knows depends on its stage
     # the prompts the checkpoint was trained on: class names in stage 1, "a photo of an airplane" later
     prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(2)]
     images = draw(pipe, prompts, cfg, generator)
@@ -209,12 +229,12 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir):
 
 def evaluate_captions(pipe, ds, cfg, generator, out_dir):
     """COCO / a folder: captions for held-out images, images for held-out captions."""
-    n = min(len(ds), 16)
+    n = min(len(ds), 16)  # free captions have no exact answer to score: show 16 for a person to judge
     codes = pipe.encode_images(ds.images[:n])
     captions = answer(pipe, codes, [""] * n, cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
     for truth, got in zip(ds.captions[:n], captions):
         print(f"caption: {got!r}  (one truth: {truth[0]!r})")
-    prompts = [caps[0] for caps in ds.captions[:n]]
+    prompts = [caps[0] for caps in ds.captions[:n]]  # the same images' captions: real and drawn side by side
     images = draw(pipe, prompts, cfg, generator)
     if out_dir:
         labelled_grid(np.concatenate([ds.images[:n], images]), ["(real) " + p for p in prompts] + prompts,
@@ -224,9 +244,11 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir):
 
 def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
                    steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
+    """A Show-o checkpoint with the tokenizers it was trained with -> dict of metrics (module
+    docstring); samples.png in out_dir. The main job calls it after stage 3."""
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
-    split = split or ("val" if dataset == "coco" else "test")
+    split = split or ("val" if dataset == "coco" else "test")  # COCO's test captions were never released
     ds = data.load(dataset, split, data_dir, pipe.image_size, limit)
     generator = torch.Generator().manual_seed(seed)
     cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
@@ -248,6 +270,7 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    # each command's defaults are the main job's: 100 prompts per category, T = 12, guidance 2
     tok = sub.add_parser("tokenizer", help="PSNR, codebook usage and perplexity of an image tokenizer")
     tok.add_argument("--ckpt", required=True, help="tokenizer checkpoint (OUT/tokenizer.pt from train.py)")
     tok.add_argument("--dataset", default="shapes", choices=data.DATASETS)
@@ -270,6 +293,7 @@ def main(argv=None):
     sh.add_argument("--out", default=None, help="folder for samples.png")
     sh.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = parser.parse_args(argv)
+    # user mistakes become usage errors before anything is loaded; failures to load become one line
     if args.dataset != "shapes" and args.data_dir is None:
         parser.error(f"--data-dir is needed for {args.dataset}")
     try:
@@ -284,13 +308,12 @@ def main(argv=None):
                 parser.error("--cfg must be >= 0")
             result = evaluate_showo(args.ckpt, args.dataset, args.data_dir, args.split, args.limit, args.device,
                                     args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out)
-            print(json.dumps(result))
-            return result
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing or foreign checkpoint, unreadable data
         sys.exit(f"error: {e}")
-    for key, value in result.items():
+    for key, value in result.items():  # for a person
         print(f"{key:>18}: {value}")
-    print(json.dumps(result))
+    print(json.dumps(result))  # for a script: always the last line
+    return result
 
 
 if __name__ == "__main__":

@@ -191,8 +191,11 @@ class Showo(nn.Module):
         return omni_attention_mask(ids, self.space)
 
     def forward(self, ids, labels=None, task=None, cache=None):
-        """ids (B, L) -> (logits (B, L, V), None); with labels (B, L) and task (B,) instead
-        (None, the dict of per-task losses of task_losses).
+        """Always (logits, losses), nanoGPT's (logits, loss) with one loss per term of equation 4:
+          - ids (B, L) alone (sampling, decoding): (logits (B, L, V) over the whole vocabulary, None);
+          - with labels (B, L) and task (B,) (training): (None, {"t2i" | "mmu" | "lm": scalar}), the
+            terms task_losses finds rows for; joint_loss weighs them. No logits come back: training
+            projects only the positions that carry a loss.
 
         With a KVCache, ids continue the sequence the cache holds: an empty cache is filled with the
         whole prefix (under its omni-attention mask); later calls pass only new TEXT tokens, which
@@ -254,8 +257,8 @@ def image_slot_index(ids, space):
 # slot_embedding: a canvas of [MASK]s is N copies of one id, and RoPE only tells them how far apart
 # they are along the flattened row, so a masked slot cannot tell which row and column of the grid it
 # fills ("the top left") without first finding [SOI]. A learned embedding per grid slot, added to
-# [MASK] tokens only (Showo.additions), hands it that; known codes carry their own content, and
-# adding it to them too had stopped a small model from learning yes/no existence questions (docs/findings.md).
+# [MASK] tokens only (Showo.additions), hands it that. Known codes carry their own content; added to
+# them too, it stops a small model from learning yes/no existence questions (docs/findings.md).
 
 
 class TextConv(nn.Module):

@@ -30,6 +30,8 @@ from PIL import Image, ImageDraw
 from model import autodetect_device, file_digest, generate_images, generate_text, load_showo
 from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, tensor_to_images
 
+# Every task is one of the paper's uses of the same network (section 3.5): the image tasks run the
+# MaskGIT loop of model.generate_images, the text tasks the next-token loop of model.generate_text.
 TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm")
 DIRECTIONS = ("left", "right", "up", "down")
 
@@ -43,7 +45,8 @@ class Pipeline:
 
     def __init__(self, ckpt, device="auto"):
         self.device = autodetect_device(device)
-        path = os.path.join(ckpt, "showo.pt") if os.path.isdir(ckpt) else ckpt
+        path = os.path.join(ckpt, "showo.pt") if os.path.isdir(ckpt) else ckpt  # a run folder or a file
+        # loaded on the CPU first, so a checkpoint written on a GPU opens on any machine
         self.model, self.ckpt = load_showo(path, map_location="cpu")
         self.model.to(self.device)
         self.space = self.model.space
@@ -62,6 +65,9 @@ class Pipeline:
 
     @staticmethod
     def find(candidates, digest, what, ckpt_path):
+        """The first candidate file whose SHA-256 digest is the one the checkpoint recorded. A file of
+        the right name is not enough: a retrained tokenizer gives its codes other meanings, and the
+        model would draw noise without any error."""
         existing = [c for c in candidates if c and os.path.exists(c)]
         for candidate in existing:
             if file_digest(candidate) == digest:
@@ -72,10 +78,11 @@ class Pipeline:
                                 f"{', '.join(os.path.normpath(c) for c in candidates if c)})")
 
     def encode_text(self, text):
+        """A prompt -> BPE text ids; the task tokens are added by TokenSpace, never by the BPE."""
         return self.text.encode(text)
 
     def encode_images(self, images):
-        """uint8 (B, H, W, 3) -> codes (B, N)."""
+        """uint8 (B, H, W, 3) -> codes (B, N), the grid flattened row-major as in training."""
         with torch.no_grad():
             return self.image_tokenizer.encode(images_to_tensor(images).to(self.device)).flatten(1).cpu()
 
@@ -83,10 +90,12 @@ class Pipeline:
         """codes (B, N), -1 for still-masked slots -> uint8 (B, H, W, 3), masked slots painted grey."""
         codes = torch.as_tensor(codes)
         masked = codes < 0
-        grid = codes.clamp(min=0).view(-1, self.grid, self.grid).to(self.device)
+        # a masked slot still needs some code to decode; code 0 stands in, then its cell is painted over
+        grid = codes.clamp(min=0).view(-1, self.grid, self.grid).to(self.device)    # (B, N) -> (B, h, w)
         with torch.no_grad():
             images = tensor_to_images(self.image_tokenizer.decode(grid))
         if masked.any():
+            # each token covers a cell x cell patch of pixels (8x8 for shapes): paint it grey
             cell = self.image_size // self.grid
             block = masked.view(-1, self.grid, self.grid).numpy().repeat(cell, 1).repeat(cell, 2)  # (B, H, W)
             images[block] = 128
@@ -95,6 +104,8 @@ class Pipeline:
 
 def read_image(path, size):
     """A user's image file -> (size, size, 3) uint8, with a clear error when it cannot be read."""
+    # the one decoding path every image takes (EXIF rotation, transparency, 16-bit greyscale,
+    # centre crop): data/folder.py owns it; here its errors are reworded for a command-line user
     from data.folder import IMAGE_ERRORS, read_image as decode
     try:
         return decode(path, size)
@@ -111,7 +122,7 @@ def image_grid(rows, scale=4):
     """rows: list of uint8 (N, H, W, 3) arrays of equal N -> one PIL image, each row a strip.
     Images are upscaled with NEAREST so pixels stay visible."""
     n, h, w, _ = rows[0].shape
-    pad = 2
+    pad = 2  # white lines between images, so neighbouring reconstructions never look like one picture
     grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
     for r, row in enumerate(rows):
         for i, img in enumerate(row):
@@ -127,6 +138,7 @@ def labelled_grid(images, labels, scale=4, per_row=None, label_width=22):
     n, h, w, _ = images.shape
     per_row = per_row or min(n, 8)
     tile_w, tile_h = w * scale, h * scale
+    # Pillow's default bitmap font is about 12 px a line: leave room for the longest wrapped caption
     lines = [textwrap.wrap(label, label_width) or [""] for label in labels]
     text_h = 12 * max(len(x) for x in lines) + 4
     rows = (n + per_row - 1) // per_row
@@ -141,7 +153,9 @@ def labelled_grid(images, labels, scale=4, per_row=None, label_width=22):
 
 
 def steps_strip(pipe, history):
-    """The canvas after every MaskGIT step of one sample, left to right: grey = still [MASK]."""
+    """The canvas after every MaskGIT step of one sample, left to right: grey = still [MASK].
+    history: generate_images' record, a list of (B, N) codes with -1 at masked slots; row 0 is drawn.
+    With the cosine schedule few tokens are fixed at first and many at the end (section 3.5)."""
     frames = pipe.decode_codes(torch.stack([h[0] for h in history]))
     labels = [f"step {i + 1}: {int((h[0] < 0).sum())} masked" for i, h in enumerate(history)]
     return labelled_grid(frames, labels, per_row=len(frames), label_width=16)
@@ -150,6 +164,7 @@ def steps_strip(pipe, history):
 def plot_losses(log_paths, path, width=640, height=320):
     """Per-task training losses of consecutive runs (the stages), one line per task, as a PNG drawn
     with Pillow (no plotting library needed). Vertical lines mark where a stage begins."""
+    # one x axis for the whole job: stage k's steps continue where stage k - 1 ended
     series, offsets, offset = {}, [], 0
     for log_path in log_paths:
         records = [json.loads(line) for line in open(log_path)]
@@ -161,6 +176,7 @@ def plot_losses(log_paths, path, width=640, height=320):
         offset += records[-1]["step"] if records else 0
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
+    # data -> pixels: a 40 px margin on the left for the scale, 30 px below for the stage names
     top = max(v for points in series.values() for _, v in points)
     x = lambda step: 40 + (width - 50) * step / max(offset, 1)            # noqa: E731
     y = lambda value: height - 30 - (height - 50) * value / max(top, 1e-9)  # noqa: E731
@@ -170,6 +186,7 @@ def plot_losses(log_paths, path, width=640, height=320):
     for stage, start in enumerate(offsets, 1):
         draw.line([(x(start), 10), (x(start), height - 30)], fill=(200, 200, 200))
         draw.text((x(start) + 3, height - 26), f"stage {stage}", fill="gray")
+    # the colours of attention.py's pictures: orange for image (MTP) losses, blue and grey for text (NTP)
     colours = {"t2i": (244, 160, 0), "mmu": (66, 133, 244), "lm": (120, 120, 120)}
     for i, (task, points) in enumerate(series.items()):
         runs, current = [], [points[0]]
@@ -193,6 +210,7 @@ def token_mask(spec, pipe):
     True where tokens are regenerated (a token is regenerated if its pixel cell touches the mask)."""
     size, grid = pipe.image_size, pipe.grid
     pixels = np.zeros((size, size), bool)
+    # The model can only regenerate whole tokens, so the pixel mask is rounded up to the token grid.
     if os.path.exists(spec):
         pixels = read_image(spec, size).mean(-1) > 127
     else:
@@ -204,6 +222,7 @@ def token_mask(spec, pipe):
             raise ValueError(f"--mask box {spec} must lie inside the {size}x{size} image with x0 < x1, y0 < y1")
         pixels[y0:y1, x0:x1] = True
     cell = size // grid
+    # (H, W) -> (grid, cell, grid, cell): any marked pixel in a token's cell marks the token
     return torch.from_numpy(pixels.reshape(grid, cell, grid, cell).any(axis=(1, 3)))
 
 
@@ -211,8 +230,8 @@ def extrapolation_canvas(codes, direction, grid, shift):
     """Slide the token grid by `shift` tokens away from `direction`, and mark the uncovered band
     for generation: (N,) codes -> (N,) codes with -1 on the new band. Repeating it extends the
     picture further (the model only ever sees a grid x grid window)."""
-    g = codes.view(grid, grid).clone()
-    new = torch.full_like(g, -1)
+    g = codes.view(grid, grid).clone()          # (N,) -> (grid, grid), row-major as the tokenizer's
+    new = torch.full_like(g, -1)                # -1: a slot MaskGIT fills, conditioned on the kept part
     if direction == "right":    # keep the right part, moved left; new columns on the right
         new[:, :grid - shift] = g[:, shift:]
     elif direction == "left":
@@ -225,7 +244,9 @@ def extrapolation_canvas(codes, direction, grid, shift):
 
 
 def stitch(panorama, frame, direction, grid_px, shift_px):
-    """Append the newly generated band of `frame` to the running panorama (uint8 H x W x 3)."""
+    """Append the newly generated band of `frame` to the running panorama (uint8 H x W x 3). Only
+    the new band is taken: the rest of the window repeats pixels the panorama already has (the
+    public code's 'down' branch takes the wrong half)."""
     if direction == "right":
         return np.concatenate([panorama, frame[:, grid_px - shift_px:]], axis=1)
     if direction == "left":
@@ -239,10 +260,12 @@ def stitch(panorama, frame, direction, grid_px, shift_px):
 # Tasks
 
 def image_options(args):
+    """The MaskGIT options every image task shares: T steps, guidance scale s, re-masking noise."""
     return dict(steps=args.steps, guidance=args.cfg, temperature=args.remask_temperature)
 
 
 def run_t2i(pipe, args, generator):
+    """Text-to-image: n samples of every prompt in one batch (guidance doubles it internally)."""
     prompts = [p for p in args.prompt for _ in range(args.n)]
     codes, history = generate_images(pipe.model, [pipe.encode_text(p) for p in prompts], generator=generator,
                                      record=args.show_steps, **image_options(args))
@@ -257,27 +280,33 @@ def run_t2i(pipe, args, generator):
 
 
 def run_understanding(pipe, args, generator, question):
+    """Captioning (no question) or VQA: [MMU] [SOI] image [EOI] [SOT] question, then the model
+    continues the text (NTP) until [EOT]. One batch for all images, left-padded."""
     images = np.stack([read_image(p, pipe.image_size) for p in args.image])
     codes = pipe.encode_images(images)
-    prompt = pipe.encode_text(question) if question else []
+    prompt = pipe.encode_text(question) if question else []  # captioning: an empty prompt
+    # max_text cuts an over-long question as training cut its text (a warning says so)
     prefixes = [pipe.space.mmu(c, prompt, max_text=pipe.model.cfg.max_text, warn=True) for c in codes]
     outputs = generate_text(pipe.model, prefixes, args.max_new_tokens, args.temperature, args.top_k, generator)
-    texts = [pipe.text.decode(o).strip() for o in outputs]
+    texts = [pipe.text.decode(o).strip() for o in outputs]  # answers start with a space: " red"
     for path, text in zip(args.image, texts):
         print(f"{path}: {text}")
     return texts
 
 
 def run_inpaint(pipe, args, generator):
+    """Inpainting (section 3.5): the tokens under --mask start as [MASK], the others keep their
+    codes; the same MaskGIT loop fills the masked ones, guided by --prompt. No extra training."""
     image = read_image(args.image[0], pipe.image_size)
     codes = pipe.encode_images(image[None])[0]                       # (N,)
     regenerate = token_mask(args.mask, pipe).flatten()
     if not regenerate.any():
         raise ValueError(f"--mask {args.mask} selects no image token: nothing to regenerate")
-    known = torch.where(regenerate, torch.full_like(codes, -1), codes).repeat(args.n, 1)
+    known = torch.where(regenerate, torch.full_like(codes, -1), codes).repeat(args.n, 1)  # (n, N), -1 = draw
     prompt = pipe.encode_text(args.prompt[0])
     out, _ = generate_images(pipe.model, [prompt] * args.n, known=known, generator=generator, **image_options(args))
-    masked_view = pipe.decode_codes(known[:1])
+    masked_view = pipe.decode_codes(known[:1])  # what the model was given: grey where it draws
+    # one strip: the original, what the model was given, then the n samples
     images = np.concatenate([image[None], masked_view, pipe.decode_codes(out)])
     labels = ["original", "to regenerate (grey)"] + [args.prompt[0] or "(unconditional)"] * args.n
     path = os.path.join(args.out, "inpaint.png")
@@ -287,27 +316,32 @@ def run_inpaint(pipe, args, generator):
 
 
 def run_extrapolate(pipe, args, generator):
+    """Extrapolation: slide the token window, keep what is still inside it, generate the band that
+    came into view, and repeat; the panorama grows by one band per step."""
     image = read_image(args.image[0], pipe.image_size)
     codes = pipe.encode_images(image[None])[0]
     grid, cell = pipe.grid, pipe.image_size // pipe.grid
+    # half the window by default: the model sees half known, half new, like a typical inpainting mask
     shift = grid // 2 if args.shift is None else args.shift
     if not 1 <= shift < grid:
         raise ValueError(f"--shift must be between 1 and {grid - 1} tokens")
     prompt = pipe.encode_text(args.prompt[0])
-    panorama = pipe.decode_codes(codes[None])[0]
+    panorama = pipe.decode_codes(codes[None])[0]  # (H, W, 3): the input, grown band by band below
     for _ in range(args.times):  # chainable: each window starts from the last generated one
         known = extrapolation_canvas(codes, args.direction, grid, shift)
         out, _ = generate_images(pipe.model, [prompt], known=known[None], generator=generator, **image_options(args))
         codes = out[0]
         panorama = stitch(panorama, pipe.decode_codes(codes[None])[0], args.direction, pipe.image_size, shift * cell)
     path = os.path.join(args.out, f"extrapolate_{args.direction}.png")
-    scale = 4
+    scale = 4  # 32 px images are too small to look at: NEAREST keeps the pixels sharp
     Image.fromarray(panorama).resize((panorama.shape[1] * scale, panorama.shape[0] * scale), Image.NEAREST).save(path)
     print(f"wrote {path} (extended {args.direction} {args.times} time(s) by {shift} token rows/columns)")
     return panorama
 
 
 def run_lm(pipe, args, generator):
+    """Plain text continuation: [SOT] prompt, left open, continued by the language-modelling head
+    that the text-only rows of stage 1 trained."""
     rows = [pipe.space.lm(pipe.encode_text(p), pipe.model.cfg.max_text, warn=True, close=False) for p in args.prompt]
     outputs = generate_text(pipe.model, rows, args.max_new_tokens, args.temperature, args.top_k, generator)
     texts = [p + pipe.text.decode(o) for p, o in zip(args.prompt, outputs)]
@@ -316,6 +350,9 @@ def run_lm(pipe, args, generator):
     return texts
 
 
+# The defaults are the evaluation's: T = 12 MaskGIT steps, guidance s = 2, MaskGIT's re-masking
+# temperature 4.5 annealed to 0, greedy text. (1 + s) cond - s uncond needs a second, prompt-free
+# row per sample in the same forward pass, so guidance doubles the batch, not the number of passes.
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
@@ -344,6 +381,7 @@ def build_parser():
 
 
 def check_args(parser, args):
+    """User mistakes become usage errors here, before a checkpoint is loaded, never a traceback."""
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     if args.cfg < 0:
@@ -374,6 +412,7 @@ def main(argv=None):
     try:
         pipe = Pipeline(args.ckpt, args.device)
         os.makedirs(args.out, exist_ok=True)
+        # one CPU generator drives every draw (codes, Gumbel noise, text): same seed, same samples
         generator = torch.Generator().manual_seed(args.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # an over-long prompt is cut: say so every time

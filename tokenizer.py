@@ -13,6 +13,9 @@ Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (819
 downsampling; it never released tokenizer training code, so this file trains one from scratch at
 toy scale (32x32 images -> 4x4 tokens for the shapes world at 8x downsampling, 8x8 for photos at 4x).
 
+3. The unified token space (`TokenSpace`): text ids, special tokens, image codes and [MASK] in one
+   vocabulary, and the row layouts of every task (paper section 3.1).
+
 Follow one image: `ImageTokenizer.encode(images)` runs the `Encoder` (pixels -> K-channel latent),
 RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer
 code per position; `decode(codes)` unpacks the bits back into +-1 vectors and runs the `Decoder`.
@@ -23,6 +26,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,8 +58,7 @@ class TextTokenizer:
     """Text <-> ids on top of a tiktoken Encoding.
 
     The Encoding is built WITHOUT special tokens: the task tokens ([SOT], [T2I], ...) live in the
-    unified token space after the text ids, so no user string can ever produce one. A prompt that
-    literally contains "<|t2i|>" is just text, encoded byte by byte like any other.
+    unified token space after the text ids, so no user string (not even "<|t2i|>") can produce one.
     """
 
     def __init__(self, encoding):
@@ -63,9 +66,8 @@ class TextTokenizer:
         self.vocab_size = encoding.n_vocab
 
     @classmethod
-    def from_ranks(cls, ranks, name="showo-bpe"):
-        import tiktoken
-        return cls(tiktoken.Encoding(name=name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
+    def from_ranks(cls, ranks):
+        return cls(tiktoken.Encoding(name="showo-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
                                      special_tokens={}))
 
     @classmethod
@@ -86,9 +88,8 @@ class TextTokenizer:
 class LFQ(nn.Module):
     """Lookup-free quantizer: each of K latent channels becomes its sign, q in {-1, +1}^K.
 
-    Bit order (documented, tested): channel i is bit i of the code index, channel 0 the LEAST
-    significant bit, as in the MAGVIT-v2 paper and Open-MAGVIT2:  index = sum_i [q_i > 0] * 2^i.
-    (lucidrains' LFQ and Show-o use the opposite order; the choice only has to be consistent.)
+    Bit order: channel i is bit i of the code index, channel 0 the LEAST significant (MAGVIT-v2,
+    Open-MAGVIT2; Show-o's code uses the opposite order): index = sum_i [q_i > 0] * 2^i.
 
     Training losses (returned by `forward`):
     - commitment  ||z - sg(q)||^2 pulls latents towards the corners they quantize to;
@@ -103,9 +104,8 @@ class LFQ(nn.Module):
       mean is exact and cheap: each token's distribution over the group's codes is the outer product
       of its distributions over the low and high half of the bits, so the batch mean is one matrix
       product of two (tokens, 2^(group/2)) tables; no (tokens, 2^group) table is ever built.
-      Groups must be large, since the joint is what matters: small groups can each look uniform
-      while most codes go unused (docs/findings.md). With the default of 16 bits every preset's
-      codebook is one exact group.
+      Groups must be large (small ones can each look uniform while most codes go unused); with
+      the default of 16 bits every preset's codebook is one exact group.
     """
 
     def __init__(self, bits, tau=0.01, entropy_group_bits=16, entropy_tokens=1024):
@@ -264,9 +264,8 @@ class Encoder(nn.Module):
     """(B, 3, H, W) pixels in [-1, 1] -> (B, K, H/d, W/d) latent, d = 2^len(channels).
 
     The first 2x downsampling is space-to-depth: each 2x2 pixel block becomes one position with
-    12 channels (ESPCN's trick run backwards), so no convolution ever runs at full resolution.
-    At 32 px that halves the cost of a training step, and on a 2-core CPU the time saved buys more
-    steps than the full-resolution layers were worth (CIFAR-10: +0.3 dB at equal wall time)."""
+    12 channels (ESPCN's trick run backwards), so no convolution ever runs at full resolution: it
+    halves a 32 px training step, and on a CPU the steps saved were worth more than those layers."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -343,11 +342,10 @@ class ImageTokenizer(nn.Module):
 
     def latent(self, images):
         z = self.encoder(images)  # (B, K, h, w)
-        # Normalise each position's K-vector to unit RMS right before quantization: the sign is
-        # unchanged, but the latent's scale is pinned near +-1, where the commitment loss and the
-        # entropy temperature (tau = 0.01) are calibrated. Without it the encoder can shrink or blow
-        # up z freely. RMS (not LayerNorm): subtracting the mean would bias codes towards equal
-        # numbers of +1 and -1 bits and leave the extreme codes unused.
+        # Each position's K-vector to unit RMS right before quantization: signs are unchanged, but
+        # the scale is pinned near +-1, where the commitment loss and the entropy temperature (tau =
+        # 0.01) are calibrated. RMS, not LayerNorm: subtracting the mean would bias codes towards
+        # equal numbers of +1 and -1 bits and leave the extreme codes unused.
         return z * torch.rsqrt(z.float().pow(2).mean(1, keepdim=True) + 1e-6).to(z.dtype)
 
     def forward(self, images):
@@ -414,7 +412,11 @@ def load_image_tokenizer(path, map_location="cpu"):
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "image_tokenizer":
         raise ValueError(f"{path} is not an image tokenizer checkpoint (kind={ckpt.get('kind') if isinstance(ckpt, dict) else type(ckpt).__name__})")
     try:
-        model = ImageTokenizer(ImageTokenizerConfig(**ckpt["config"]))
+        config = dict(ckpt["config"])
+        # older checkpoints name two loss weights since removed; only their neutral values (plain MSE) fit
+        if (config.pop("mse_weight", 1.0), config.pop("l1_weight", 0.0)) != (1.0, 0.0):
+            raise ValueError("it was trained with an L1 or reweighted reconstruction loss")
+        model = ImageTokenizer(ImageTokenizerConfig(**config))
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:  # unknown config keys, mismatched weights
         raise ValueError(f"{path} does not match this version's image tokenizer: {e}") from e
@@ -533,10 +535,8 @@ class TokenSpace:
         """Several questions about one image: [MMU] [SOI] image [EOI], then [SOT] prompt answer [EOT]
         for each (prompt_ids, answer_ids) turn. Answers and their [EOT]s are targets, prompts are
         not; text is causal, so each turn also sees the turns before it. The first turn is laid out
-        exactly like a one-question mmu row (what evaluation asks), and the later ones add answers
-        to learn from at the cost of a few text tokens instead of another image span (18 tokens for
-        shapes, 66 for CIFAR-10): packing
-        several turns per image, as multi-turn chat data is packed for LLaVA-style training."""
+        like a one-question mmu row (what evaluation asks); each later one adds an answer for a few
+        text tokens instead of another image span, as multi-turn chat data is packed."""
         ids = [self.mmu_token] + self.image_span(codes)
         targets = [False] * len(ids)
         for prompt_ids, answer_ids in turns:

@@ -58,7 +58,8 @@ from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_token
 
 
 def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay from lr to lr * min_lr_frac."""
+    """Linear warm-up, then cosine decay from lr to lr * min_lr_frac. Warm-up keeps AdamW's first
+    steps, taken with second-moment estimates from a single batch, from throwing the weights far."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
@@ -73,11 +74,12 @@ def update(loss, model, optimizer, grad_clip, step, ckpt_path):
                  f"{ckpt_path}. Try a lower --lr.")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # one rare batch (a blank canvas, a long answer) must not undo many steps: cap the step's size
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
 
 
-def start_run(cfg, checkpoint_name):
+def start_run(cfg, checkpoint_name):  # cfg: either trainer's config
     """-> (device, checkpoint path) of a run folder; a finished or interrupted run is only
     continued when asked (--resume), never overwritten."""
     device = autodetect_device(cfg.device)
@@ -91,6 +93,7 @@ def start_run(cfg, checkpoint_name):
 def load_splits(cfg, image_size, n_eval, measured):
     """(training data, held-out data, what the held-out numbers are): the test split (COCO: val) of
     the dataset, at most n_eval of it. A user's folder has no held-out split: say so rather than pretend."""
+    # the shapes world is generated from the seed: another seed is another world of the same kind
     train_ds = data.load(cfg.dataset, "train", cfg.data_dir, image_size, cfg.limit, cfg.seed)
     if cfg.dataset == "folder":
         eval_ds, held_out = train_ds, f"training-set {measured} (a folder has no held-out split)"
@@ -107,7 +110,7 @@ def load_splits(cfg, image_size, n_eval, measured):
 # Tokenizer training: the text BPE, then the LFQ image tokenizer
 
 
-def train_bpe(texts, vocab_size, verbose=False):
+def train_bpe(texts, vocab_size):
     """Learn byte-level BPE merges from an iterable of strings.
 
     Returns `ranks`: dict bytes -> rank, the format tiktoken encodes with. Ranks 0..255 are the 256
@@ -121,6 +124,7 @@ def train_bpe(texts, vocab_size, verbose=False):
     chunk_counts = Counter()
     for text in texts:
         chunk_counts.update(re.findall(SPLIT_PATTERN, text))
+    # every chunk starts as its UTF-8 bytes: no character is ever unknown, whatever the script
     words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunk_counts]
     counts = list(chunk_counts.values())
     ranks = {bytes([b]): b for b in range(256)}
@@ -142,8 +146,6 @@ def train_bpe(texts, vocab_size, verbose=False):
                 if word[i] == best[0] and word[i + 1] == best[1]:
                     word[i:i + 2] = [merged]
                 i += 1
-        if verbose:
-            print(f"merge {len(ranks) - 256:4d}: {best[0]!r} + {best[1]!r} (seen {pair_counts[best]}x)")
     return ranks
 
 
@@ -163,13 +165,15 @@ def train_text_tokenizer(ds, cfg):
         tok = TextTokenizer.from_file(path)
         print(f"text tokenizer: kept {path} ({tok.vocab_size} tokens)")
         return tok
+    # the vocabulary must cover what the model reads AND writes: questions and answers too (shapes),
+    # or answers such as "top left" would be spelled byte by byte
     texts, source = [c for caps in ds.captions for c in caps], f"{cfg.dataset} captions"
     if ds.qa is not None:
         texts, source = texts + [f"{q} {a}" for pairs in ds.qa for q, a, _ in pairs], source + " and QA"
     t0 = time.time()
     ranks = train_bpe(texts, cfg.bpe_vocab)
     save_bpe(ranks, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    os.replace(path + ".tmp", path)  # the image tokenizer's checkpoints are written after this file
     tok = TextTokenizer.from_ranks(ranks)
     print(f"text tokenizer: {len(ranks)}-token BPE trained on {len(texts)} lines of {source} in "
           f"{time.time() - t0:.1f}s -> {path}; {texts[0]!r} is {len(tok.encode(texts[0]))} tokens")
@@ -186,14 +190,15 @@ def tokenizer_and_optimizer(cfg, ckpt_path, device):
         if model.cfg != cfg.model:
             sys.exit(f"error: {ckpt_path} was trained with a different model config; "
                      "use another --out or the same options")
+        # a different batch size or seed would continue a different run under the old one's name
         changed = [k for k in RESUME_MUST_MATCH if ckpt["train_config"][k] != getattr(cfg, k)]
         if changed:
             sys.exit(f"error: cannot resume {ckpt_path} with different "
                      f"{', '.join('--' + k.replace('_', '-') for k in changed)} (they fix the data order and schedule)")
         step = ckpt["step"]
     model.to(device).train()
-    # No weight decay anywhere here: a small conv autoencoder does not need it, and decaying
-    # GroupNorm scales is a known way to hurt (see the reference notes on Show-o's quirks).
+    # No weight decay anywhere here: a small conv autoencoder does not need it, and decay pulls
+    # GroupNorm's gains toward 0 instead of their neutral 1.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0,
                                   fused=device.type in ("cpu", "cuda"))
     if ckpt is not None:
@@ -210,6 +215,7 @@ def evaluate_and_save_tokenizer(model, optimizer, cfg, done, losses, eval_images
     model.eval()
     codes, recon = reconstruct(model, eval_images, device)
     model.train()
+    # usage over all held-out tokens, not one batch: a batch of 64 x 16 tokens could never show 4,096 codes
     bits = cfg.model.codebook_bits
     stats = dict(step=done, loss=round(losses["loss"].item(), 5), lr=lr_at(done - 1, cfg),
                  eval_psnr=round(float(psnr(eval_images, recon).mean()), 3),
@@ -219,6 +225,7 @@ def evaluate_and_save_tokenizer(model, optimizer, cfg, done, losses, eval_images
     tqdm.write(f"step {done}: eval PSNR {stats['eval_psnr']:.2f} dB, codes used "
                f"{100 * stats['eval_usage']:.1f}% (of {2 ** bits}, {len(eval_images)} images)")
     image_grid([eval_images[:16], recon[:16]]).save(os.path.join(cfg.out, "recon.png"))
+    # the random state goes into the checkpoint, so a resumed run draws what the uninterrupted one would
     rng = dict(rng_cpu=torch.get_rng_state())
     if device.type == "cuda":
         rng["rng_cuda"] = torch.cuda.get_rng_state()
@@ -228,8 +235,10 @@ def evaluate_and_save_tokenizer(model, optimizer, cfg, done, losses, eval_images
 
 
 def train_tokenizer(cfg):
+    """`train.py tokenizer`: the BPE, then the LFQ image tokenizer (tokenizer.ImageTokenizer.forward
+    gives the loss: MSE + commitment + entropy penalty). -> the checkpoint's path."""
     device, ckpt_path = start_run(cfg, "tokenizer.pt")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights and the entropy penalty's token subsets
     train_ds, eval_ds, held_out = load_splits(cfg, cfg.model.image_size, cfg.eval_images, "images")
     eval_images = eval_ds.images[:cfg.eval_images]
     print(f"data: {len(train_ds)} {cfg.dataset} training images; evaluation on {len(eval_images)} {held_out}")
@@ -238,6 +247,8 @@ def train_tokenizer(cfg):
     n_params, side = sum(p.numel() for p in model.parameters()), cfg.model.latent_size
     print(f"image tokenizer: {n_params / 1e6:.2f}M parameters, {cfg.model.image_size}px -> {side}x{side} tokens "
           f"of {cfg.model.codebook_bits} bits ({2 ** cfg.model.codebook_bits} codes), device {device}")
+    # compiled on CUDA only: on a CPU compiling costs more minutes than it saves (docs/findings.md);
+    # `model` (not the compiled wrapper) is what gets saved and evaluated
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
 
     images = torch.from_numpy(train_ds.images)  # (N, H, W, 3) uint8, indexed per batch
@@ -249,7 +260,7 @@ def train_tokenizer(cfg):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         x = images_to_tensor(images[batch_indices(step, len(images), cfg.batch_size, cfg.seed)]).to(device)
-        with autocast(device):
+        with autocast(device):  # bf16 on CUDA; the losses themselves are taken in fp32
             _, _, losses = train_model(x)
         update(losses["loss"], model, optimizer, cfg.grad_clip, step, ckpt_path)
         # PSNR of the batch from its MSE: pixels span [-1, 1], so the peak-to-peak squared is 4
@@ -287,7 +298,7 @@ def batch_losses(model, groups, device):
 @torch.no_grad()
 def held_out_losses(model, rows_of, cfg, device, n_rows):
     """Per-task losses on fixed held-out rows (same rows and masks at every evaluation)."""
-    model.eval()
+    model.eval()  # no dropout here, but eval mode is the contract for every evaluation
     totals, counts = {}, {}
     n_rows = min(n_rows, len(rows_of.codes))
     for start in range(0, n_rows, cfg.batch_size):
@@ -302,17 +313,19 @@ def held_out_losses(model, rows_of, cfg, device, n_rows):
 
 def showo_tokenizers(cfg):
     """The image tokenizer checkpoint and the BPE written beside it by `train.py tokenizer` ->
-    (text tokenizer, image size, {what: (path, digest)}); fills in the model config's sizes that
-    the tokenizers fix (vocabulary, codebook, tokens per image)."""
+    (text tokenizer, image size, the files and digests a checkpoint records); fills in the model
+    config's sizes that the tokenizers fix (vocabulary, codebook, tokens per image)."""
     text_path = os.path.join(os.path.dirname(os.path.abspath(cfg.tokenizer)), "text.tiktoken")
     image_tok, _ = load_image_tokenizer(cfg.tokenizer)
     if not os.path.exists(text_path):
         raise FileNotFoundError(f"no text tokenizer at {text_path} (train.py tokenizer writes it next to tokenizer.pt)")
     text_tok = TextTokenizer.from_file(text_path)
+    # the one place the model's sizes are set: the unified vocabulary is T text ids + 7 specials +
+    # 2^K codes + [MASK] (tokenizer.TokenSpace), and an image is the tokenizer's h x w grid
     cfg.model = replace(cfg.model, text_vocab_size=text_tok.vocab_size, codebook_size=image_tok.codebook_size,
                         image_tokens=image_tok.cfg.latent_size ** 2)
-    files = dict(tokenizer=(os.path.abspath(cfg.tokenizer), file_digest(cfg.tokenizer)),
-                 text_tokenizer=(text_path, file_digest(text_path)))
+    files = dict(tokenizer=os.path.abspath(cfg.tokenizer), tokenizer_digest=file_digest(cfg.tokenizer),
+                 text_tokenizer=text_path, text_tokenizer_digest=file_digest(text_path))
     return text_tok, image_tok.cfg.image_size, files
 
 
@@ -323,10 +336,10 @@ def check_vocabulary(ckpt, path, model_cfg, files):
     if cfg["text_vocab_size"] != model_cfg.text_vocab_size or cfg["codebook_size"] != model_cfg.codebook_size:
         raise ValueError(f"{path} was trained with {cfg['text_vocab_size']} text ids and {cfg['codebook_size']} "
                          f"image codes, but the tokenizers give {model_cfg.text_vocab_size} and {model_cfg.codebook_size}")
-    if ckpt.get("tokenizer_digest") != files["tokenizer"][1]:
+    if ckpt.get("tokenizer_digest") != files["tokenizer_digest"]:
         raise ValueError(f"{path} was trained with a different image tokenizer ({ckpt.get('tokenizer')}, digest "
-                         f"{ckpt.get('tokenizer_digest')}) than {files['tokenizer'][1]}: its image codes mean other things")
-    if ckpt.get("text_tokenizer_digest") != files["text_tokenizer"][1]:
+                         f"{ckpt.get('tokenizer_digest')}) than {files['tokenizer_digest']}: its image codes mean other things")
+    if ckpt.get("text_tokenizer_digest") != files["text_tokenizer_digest"]:
         raise ValueError(f"{path} was trained with a different text tokenizer ({ckpt.get('text_tokenizer')}): "
                          "its text ids mean other things")
 
@@ -339,6 +352,8 @@ def showo_and_optimizer(cfg, ckpt_path, device, files):
     if cfg.resume and os.path.exists(ckpt_path):
         model, resume_ckpt = load_showo(ckpt_path)
         check_vocabulary(resume_ckpt, ckpt_path, cfg.model, files)
+        # the options that fix the data and the schedule must match, or the losses after resuming
+        # would not be the uninterrupted run's
         saved = resume_ckpt.get("train_config", {})
         saved = {**saved, **saved.get("mix", {})}                  # the batch mix's options inline
         now = {**asdict(cfg), **asdict(cfg.mix)}
@@ -347,7 +362,7 @@ def showo_and_optimizer(cfg, ckpt_path, device, files):
             sys.exit(f"error: cannot resume {ckpt_path} with different "
                      f"{', '.join('--' + k.replace('_', '-') for k in changed) or 'model options'}")
         step = resume_ckpt["step"]
-    elif cfg.init:
+    elif cfg.init:  # the next stage starts from the last one's weights, with a fresh optimizer
         init_model, init_ckpt = load_showo(cfg.init)
         check_vocabulary(init_ckpt, cfg.init, cfg.model, files)
         if init_model.cfg != cfg.model:
@@ -384,6 +399,8 @@ def trim_log(log_path, step, resumed):
 
 
 def train_showo(cfg):
+    """`train.py showo`: one stage of Show-o (section 3.4) on the tokenized dataset, with the joint
+    loss of model.joint_loss over mixed batches (data/tasks.py). -> the checkpoint's path."""
     device, ckpt_path = start_run(cfg, "showo.pt")
     log_path = os.path.join(cfg.out, "log.jsonl")
     text_tok, image_size, files = showo_tokenizers(cfg)
@@ -399,9 +416,7 @@ def train_showo(cfg):
           f"{cfg.model.image_tokens} tokens per image; batch of {cfg.batch_size} rows: "
           + ", ".join(f"{n} {k}" for k, n in cfg.mix.counts(cfg.batch_size).items() if n) + f"; device {device}")
     train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    weights = dict(t2i=cfg.mix.w_t2i, mmu=cfg.mix.w_mmu, lm=cfg.mix.w_lm)
-    saved_with = dict(tokenizer=files["tokenizer"][0], tokenizer_digest=files["tokenizer"][1],
-                      text_tokenizer=files["text_tokenizer"][0], text_tokenizer_digest=files["text_tokenizer"][1])
+    weights = dict(t2i=cfg.mix.w_t2i, mmu=cfg.mix.w_mmu, lm=cfg.mix.w_lm)  # equation 4's w
 
     log = open(log_path, "a")
     t0 = time.time()
@@ -411,6 +426,7 @@ def train_showo(cfg):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # the step's batch is drawn from (seed, stage, step) alone: resuming redraws it exactly
         losses = batch_losses(train_model, showo_batch(train_rows, step, cfg), device)
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
@@ -429,8 +445,10 @@ def train_showo(cfg):
         log.write(json.dumps(record) + "\n")
         log.flush()
         if checkpoint_now:
+            # the model's own config, the run's options and the tokenizers' digests: enough to resume,
+            # to start the next stage, and to sample with exactly the tokenizers it learned
             atomic_save(showo_checkpoint(model, optimizer=optimizer.state_dict(), step=done, train_config=asdict(cfg),
-                                         **saved_with), ckpt_path)
+                                         **files), ckpt_path)
     log.close()
     print(f"done: {ckpt_path} ({(time.time() - t0) / 60:.1f} min), per-step losses in {log_path}")
     return ckpt_path
@@ -441,6 +459,8 @@ def train_showo(cfg):
 
 
 def main_showo(args, parser):
+    """`train.py showo ...`: the config from the command line, then one stage of training."""
+    # the stage comes first: its batch mix is part of the defaults the user's options override
     stage = ShowoTrainConfig.stage if args.stage is None else args.stage
     if stage not in SHOWO_STAGES:
         parser.error(f"--stage must be 1, 2 or 3, not {stage}")
@@ -448,7 +468,7 @@ def main_showo(args, parser):
     # defaults: the dataset preset, then the stage's batch mix, then whatever the user typed
     preset = {**SHOWO_PRESETS.get(dataset, {}), **SHOWO_STAGES[stage], "out": os.path.join("out", dataset, f"stage{stage}")}
     cfg = config_from_args(args, parser, ShowoTrainConfig, preset)
-    if cfg.tokenizer is None:
+    if cfg.tokenizer is None:  # the run's layout: out/<run>/tokenizer.pt beside out/<run>/stage<k>/
         cfg.tokenizer = os.path.join(os.path.dirname(os.path.normpath(cfg.out)), "tokenizer.pt")
     try:
         return train_showo(cfg)
@@ -457,7 +477,9 @@ def main_showo(args, parser):
 
 
 def main_tokenizer(args, parser):
-    cfg = config_from_args(args, parser, TokenizerTrainConfig, TOKENIZER_PRESETS.get(args.dataset or "shapes", {}))
+    """`train.py tokenizer ...`: the config from the command line, then the two tokenizers."""
+    dataset = args.dataset or TokenizerTrainConfig.dataset
+    cfg = config_from_args(args, parser, TokenizerTrainConfig, TOKENIZER_PRESETS.get(dataset, {}))
     try:
         return train_tokenizer(cfg)
     except (OSError, ValueError) as e:  # bad data paths/files/options: the messages say what
@@ -489,6 +511,8 @@ def main_job(args, tok_parser, showo_parser):
     if conv != preset["text_conv"]:
         suffix += f"-textconv{conv}"
     run_dir = args.job_out or f"out/shapes{suffix}"
+    # every part runs through its own command line, exactly as a user would type it (--resume: a
+    # finished part loads and returns at once, an interrupted one continues)
     common = ["--seed", str(args.job_seed)]
     tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(common + ["--out", run_dir, "--resume"]), tok_parser)
     minutes = dict(tokenizer=round((time.time() - t0) / 60, 2))
@@ -500,6 +524,7 @@ def main_job(args, tok_parser, showo_parser):
         init = main_showo(showo_parser.parse_args(argv + (["--init", init] if init else [])), showo_parser)
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
+    # the evaluation of the README's tables, on held-out scenes, then the two pictures
     t_eval = time.time()
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
     metrics["showo"] = evaluate_showo(init, "shapes", seed=args.job_seed, out_dir=run_dir)
@@ -519,6 +544,7 @@ def main_job(args, tok_parser, showo_parser):
 
 
 def print_job_summary(metrics, run_dir):
+    """The main job's figures in a few lines (metrics.json holds them all)."""
     g, tok, showo = metrics["showo"]["geneval"], metrics["tokenizer"], metrics["showo"]
     print(f"\ntokenizer: held-out PSNR {tok['psnr']:.2f} dB, scorer agreement {100 * tok['scorer_agreement']:.1f}%")
     print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
@@ -529,6 +555,7 @@ def print_job_summary(metrics, run_dir):
 
 
 def main(argv=None):
+    """No command: the main job; `tokenizer` / `showo`: one part, every option on the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     job = parser.add_argument_group("the main job (no command)")
     # own dest names: a command's options of the same name (python train.py showo --seed 1) are its own
@@ -543,7 +570,8 @@ def main(argv=None):
     tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
     add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS, "data")
     showo = sub.add_parser("showo", help="train the Show-o transformer (one stage) on tokenized data")
-    add_config_arguments(showo, ShowoTrainConfig, SHOWO_PRESETS, "data", skip=FROM_TOKENIZERS)
+    stage_mixes = {f"stage {k}": mix for k, mix in SHOWO_STAGES.items()}  # the mix options' defaults per stage
+    add_config_arguments(showo, ShowoTrainConfig, {**SHOWO_PRESETS, **stage_mixes}, "data", skip=FROM_TOKENIZERS)
     args = parser.parse_args(argv)
     if args.command is None:
         return main_job(args, tok, showo)

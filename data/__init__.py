@@ -1,5 +1,6 @@
 """
-Datasets: every source of images and text the project trains on, behind one small container.
+Datasets: every source of images and text the project trains on, behind one small container
+(data/dataset.py: ImageTextData).
 
     from data import load
     ds = load("shapes", split="train")          # built-in synthetic world, no files needed

@@ -89,21 +89,22 @@ def read_class_names(path):
 
 def class_captions(class_name):
     """'airplane' -> ['a photo of an airplane', 'a picture of an airplane', ...]."""
-    article = "an" if class_name[0] in "aeiou" else "a"
+    article = "an" if class_name[0] in "aeiou" else "a"  # "an airplane", "a bird"
     return [template.format(f"{article} {class_name}") for template in CAPTION_TEMPLATES]
 
 
 def find_batches_dir(data_dir):
     """Accept the cifar-10-batches-py directory itself or a directory that contains it."""
     if data_dir is None:
-        raise ValueError(f"load_cifar10 needs data_dir (the folder holding {BATCHES_DIR}/)")
+        raise ValueError(f"load_cifar10 needs data_dir (the folder holding {BATCHES_DIR}/, the official "
+                         "'python version' from https://www.cs.toronto.edu/~kriz/cifar.html)")
     root = Path(data_dir)
     if (root / BATCHES_DIR).is_dir():
         return root / BATCHES_DIR
     if any((root / name).is_file() for name in [*TRAIN_BATCHES, TEST_BATCH, "batches.meta"]):
         return root
     raise FileNotFoundError(f"no CIFAR-10 data in {root}: expected {root / BATCHES_DIR}/ with data_batch_1..5, "
-                            "test_batch and batches.meta")
+                            "test_batch and batches.meta (the 'python version' of https://www.cs.toronto.edu/~kriz/cifar.html)")
 
 
 def load_cifar10(data_dir, split="train", limit=None, image_size=32):
@@ -115,13 +116,14 @@ def load_cifar10(data_dir, split="train", limit=None, image_size=32):
         raise FileNotFoundError(f"{batches_dir / 'batches.meta'} not found (it holds the class names)")
     class_names = read_class_names(batches_dir / "batches.meta")
 
+    # ../shared/data holds data_batch_1 only: train on what is there and say so, rather than refuse
     wanted = TRAIN_BATCHES if split == "train" else [TEST_BATCH]
     found = [name for name in wanted if (batches_dir / name).is_file()]
     if not found:
         raise FileNotFoundError(f"no {split} batch in {batches_dir}: expected {' or '.join(wanted)}")
     used, images, labels = [], [], []
     for name in found:
-        if limit is not None and sum(map(len, labels)) >= limit:
+        if limit is not None and sum(map(len, labels)) >= limit:  # --limit: read no more files than needed
             break
         batch_images, batch_labels = read_batch(batches_dir / name, len(class_names))
         images.append(batch_images)
@@ -132,8 +134,9 @@ def load_cifar10(data_dir, split="train", limit=None, image_size=32):
     print(f"cifar10 {split}: {len(images)} images from {', '.join(used)}"
           + (f" ({', '.join(missing)} not found)" if missing else ""))
 
-    if image_size != 32:
+    if image_size != 32:  # the one resizing path every dataset shares (data/folder.py)
         images = np.stack([square_rgb(Image.fromarray(image), image_size) for image in images])
+    # every image of a class shares its class's captions: the text says the class and nothing more
     captions_per_class = [class_captions(name) for name in class_names]
     return ImageTextData(
         name="cifar10", split=split, images=images,

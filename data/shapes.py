@@ -1,6 +1,6 @@
 """
 The built-in "shapes" world: small synthetic 32x32 images whose full content is known, with captions,
-question/answer pairs and a scorer that reads a scene back from pixels with no learned model.
+question/answer pairs, and a scorer (data/shapes_scorer.py) that reads a scene back from pixels.
 
 It is the default training set (text-to-image, captioning, VQA all from one generator) and the
 yardstick for text-to-image quality: a GenEval-style benchmark (Ghosh et al. 2023, the benchmark the
@@ -78,7 +78,7 @@ from data.dataset import ImageTextData
 IMAGE_SIZE = 32                     # the world is drawn at 32x32; other sizes are nearest-resized
 CELL = 16                           # 2x2 grid of 16x16 cells, one object per cell
 BACKGROUND = (30, 30, 30)
-COLOURS = {                         # far from each other and from the background (see detect)
+COLOURS = {                         # far from each other and from the background (see shapes_scorer)
     "red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 90, 240),
     "yellow": (240, 220, 40), "purple": (170, 60, 220), "cyan": (40, 210, 220),
 }
@@ -117,6 +117,7 @@ class Scene:
 
 
 def _make_obj(shape, colour, size, row, col):
+    """An object at the centre of its cell: (row, col) -> centre (col * 16 + 8, row * 16 + 8)."""
     return Obj(shape, colour, size, row, col, col * CELL + CELL // 2, row * CELL + CELL // 2)
 
 
@@ -148,6 +149,7 @@ def _resize_nearest(images, size):
     """Nearest-neighbour resize of (..., 32, 32, 3) to (..., size, size, 3) (pixel-centre sampling)."""
     if size == IMAGE_SIZE:
         return images
+    # nearest keeps colours flat and edges hard, so the scorer's pixel-exact rules still hold
     idx = (2 * np.arange(size) + 1) * IMAGE_SIZE // (2 * size)   # floor((i + 0.5) * 32 / size)
     return images[..., idx, :, :][..., idx, :]
 
@@ -204,6 +206,7 @@ class Prompt:
 
 
 def _location_text(row, col):
+    """(row, col), either may be None -> "in the top left", "at the top", "on the left" or ""."""
     if row is not None and col is not None:
         return f"in the {ROWS[row]} {COLS[col]}"
     if row is not None:
@@ -218,6 +221,7 @@ def _phrase_words(p, plural=False):
 
 
 def _phrase_text(p):
+    """The phrase with its determiner: "a red circle", "an object", "three squares"."""
     words = _phrase_words(p, plural=p.count is not None)
     det = NUMBERS[p.count] if p.count is not None else ("an" if words[0] in "aeiou" else "a")
     return f"{det} {words}"
@@ -300,10 +304,12 @@ def satisfies(scene, prompt):
 
 
 def _pairs(scene, keep):
+    """Ordered pairs of distinct objects (a, b) of the scene with keep(a, b)."""
     return [(a, b) for a, b in itertools.permutations(scene.objects, 2) if keep(a, b)]
 
 
 def _usable_categories(scene):
+    """The caption categories that have a true caption for this scene (counting needs two alike, ...)."""
     n = len(scene.objects)
     usable = {"single_object": True, "colors": True, "description": n <= 2, "counting": n >= 2,
               "position": n >= 2,  # two objects are always in different cells, so some relation holds
@@ -380,28 +386,6 @@ def prompts_for_category(category, n, seed=0):
     """A fixed, seeded list of n prompts of one category, for GenEval-style evaluation."""
     rng = random.Random(f"shapes-prompts/{category}/{seed}")
     return [prompt_text(_random_prompt(category, rng), rng) for _ in range(n)]
-
-
-def scene_for_prompt(prompt, rng, tries=200):
-    """A random scene satisfying the prompt (text or Prompt), by placing the objects each phrase asks
-    for in random free cells and retrying until satisfies() agrees. ValueError if none is found."""
-    if isinstance(prompt, str):
-        prompt = parse_caption(prompt)
-    for _ in range(tries):
-        free, objs = list(range(4)), []
-        for p in prompt.phrases:
-            for _ in range(p.count or 1):
-                cells = [c for c in free if p.row in (None, c // 2) and p.col in (None, c % 2)]
-                if not cells:
-                    break
-                c = rng.choice(cells)
-                free.remove(c)
-                objs.append(_make_obj(p.shape or rng.choice(SHAPES), p.colour or rng.choice(tuple(COLOURS)),
-                                      p.size or rng.choice(tuple(SIZES)), c // 2, c % 2))
-        scene = Scene(tuple(sorted(objs, key=lambda o: (o.row, o.col))))
-        if satisfies(scene, prompt):
-            return scene
-    raise ValueError(f"found no scene of at most 4 objects satisfying {prompt_text(prompt)!r}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -486,12 +470,12 @@ def make_dataset(split="train", n=None, image_size=IMAGE_SIZE, seed=0):
     n = DEFAULT_N[part] if n is None else n
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    rng = random.Random(f"shapes/{part}/{seed}")
+    rng = random.Random(f"shapes/{part}/{seed}")  # a string seed: the same world on every machine
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     scenes, captions, qa, categories = [], [], [], Counter()
     while len(scenes) < n:
         scene = sample_scene(rng)
-        if _in_test_split(scene) != (part == "test"):
+        if _in_test_split(scene) != (part == "test"):  # rejection keeps the splits disjoint
             continue
         images[len(scenes)] = render(scene)
         usable = _usable_categories(scene)
@@ -511,6 +495,7 @@ def make_dataset(split="train", n=None, image_size=IMAGE_SIZE, seed=0):
 
 
 def main():
+    """`python -m data.shapes`: a sheet of examples with their captions, and some QA pairs printed."""
     parser = argparse.ArgumentParser(description="Draw a labelled grid of shapes-world examples.")
     parser.add_argument("--out", default="out/shapes_examples.png", help="where to write the PNG")
     parser.add_argument("--n", type=int, default=12, help="number of examples")

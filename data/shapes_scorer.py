@@ -21,9 +21,9 @@ detect(image), step by step:
      centre of mass, sharp and 3x3-box-blurred, and the best soft IoU (sum of min / sum of max) wins;
      below MIN_SHAPE_IOU the object is "unknown" (it only matches the noun "object"). The matched
      side gives the size (>= SIZE_SPLIT px is large), the matched box's centre the centre and cell.
-     Matching at the centre of mass is what keeps the apex of a small blurred triangle: the scorer
-     reads box-blurred, JPEG-50 and blurred + noisy + JPEG-75 images (~22.5 dB) right
-     (tests/test_shapes.py), far worse than any tokenizer the project trains.
+     Matching at the centre of mass is what keeps the apex of a small blurred triangle, so the
+     scorer reads box-blurred, JPEG-50 and blurred + noisy + JPEG-75 images (~22.5 dB) correctly
+     (tests/test_shapes.py): degraded far more than any tokenizer's reconstructions.
 score(image, caption) = the detected scene is a valid scene of the world (every object a known
 shape, one object per cell) and satisfies the caption; score(image, scene) = the detected objects
 equal the scene's as a multiset of (shape, colour, size, cell). The validity rule keeps a generator
@@ -38,7 +38,7 @@ from data.shapes import BACKGROUND, CELL, COLOURS, IMAGE_SIZE, SHAPES, Obj, Scen
 
 # detection thresholds (RGB units 0-255, pixels), checked on degraded images in tests/test_shapes.py
 MIN_COVER = 0.5                     # a pixel is colour c if at least half way from background to c
-MAX_OFF_LINE = 80                   # ... and this close to that line (JPEG chroma: 40 fails, 60 works)
+MAX_OFF_LINE = 80                   # ... and this close to that line (JPEG's chroma errors need over 40)
 MIN_PIXELS = 8                      # smaller components are noise (a blurred small triangle has ~18)
 SIZE_SPLIT = 9                      # matched side >= 9 px is "large" (drawn: 7 vs 11)
 MIN_SHAPE_IOU = 0.5                 # below: "unknown" (real shapes in JPEG-50 images score >= 0.63)

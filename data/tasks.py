@@ -26,7 +26,7 @@ from data.shapes import caption as shapes_caption
 from model import atomic_save, autocast, file_digest, mask_image_tokens, training_labels
 from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkpoint
 
-TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (train.TaskMix's fractions)
+TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (config.TaskMix's fractions)
 
 
 def image_codes(ds, tokenizer_path, device):

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from attention import attention, causal_mask, image_span_index, omni_attention_mask, omni_block_mask, render_mask
+from attention import attention, image_span_index, omni_attention_mask, omni_block_mask, render_mask
 from tokenizer import TokenSpace
 
 SPACE = TokenSpace(text_vocab_size=10, codebook_size=4)
@@ -174,6 +174,15 @@ def test_sdpa_with_the_omni_mask_equals_a_manual_masked_softmax():
     out = attention(q, k, v, mask)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, manual_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def causal_mask(ids, space):
+    """The plain language-model mask with the same padding rule (what omni-attention adds to)."""
+    B, L = ids.shape
+    pos = torch.arange(L, device=ids.device)
+    mask = (pos[:, None] >= pos[None, :]) & (ids != space.pad)[:, None, :]
+    mask |= torch.eye(L, dtype=torch.bool, device=ids.device)
+    return mask[:, None]
 
 
 def test_omni_mask_differs_from_causal_exactly_inside_images():

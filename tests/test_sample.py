@@ -158,7 +158,8 @@ def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lo
 
     import evaluate
     from data import load
-    from data.shapes import caption, render, scene_for_prompt
+    from data.shapes import caption, render
+    from test_shapes import scene_for_prompt
     rng = random.Random(0)
     ds = load("shapes", "test", limit=30)
     monkeypatch.setattr(evaluate, "draw", lambda pipe, prompts, cfg, g: np.stack(

@@ -12,10 +12,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.shapes import (BACKGROUND, CATEGORIES, COLOURS, COLS, NUMBERS, QTYPES, ROWS, SHAPES, Obj, Phrase, Prompt,
-                         Scene, caption, make_dataset, parse_caption, prompt_text, prompts_for_category, qa_pairs,
-                         render, sample_scene, satisfies, scene_for_prompt)
+from data.shapes import (BACKGROUND, CATEGORIES, COLOURS, COLS, NUMBERS, QTYPES, ROWS, SHAPES, SIZES, Obj, Phrase,
+                         Prompt, Scene, _make_obj, caption, make_dataset, parse_caption, prompt_text,
+                         prompts_for_category, qa_pairs, render, sample_scene, satisfies)
 from data.shapes_scorer import detect, score
+
+
+def scene_for_prompt(prompt, rng, tries=200):
+    """A random scene satisfying the prompt (text or Prompt), by placing the objects each phrase asks
+    for in random free cells and retrying until satisfies() agrees. ValueError if none is found."""
+    if isinstance(prompt, str):
+        prompt = parse_caption(prompt)
+    for _ in range(tries):
+        free, objs = list(range(4)), []
+        for p in prompt.phrases:
+            for _ in range(p.count or 1):
+                cells = [c for c in free if p.row in (None, c // 2) and p.col in (None, c % 2)]
+                if not cells:
+                    break
+                c = rng.choice(cells)
+                free.remove(c)
+                objs.append(_make_obj(p.shape or rng.choice(SHAPES), p.colour or rng.choice(tuple(COLOURS)),
+                                      p.size or rng.choice(tuple(SIZES)), c // 2, c % 2))
+        scene = Scene(tuple(sorted(objs, key=lambda o: (o.row, o.col))))
+        if satisfies(scene, prompt):
+            return scene
+    raise ValueError(f"found no scene of at most 4 objects satisfying {prompt_text(prompt)!r}")
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,18 @@ def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
     assert torch.equal(model.decode(codes), loaded.decode(codes))
 
 
+def test_checkpoints_with_the_removed_loss_weights_load_only_at_their_neutral_values(tmp_path):
+    model = ImageTokenizer(TINY).eval()
+    ckpt = image_tokenizer_checkpoint(model)
+    ckpt["config"] = dict(ckpt["config"], mse_weight=1.0, l1_weight=0.0)  # as older versions wrote it
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_image_tokenizer(tmp_path / "old.pt")[0].cfg == TINY
+    ckpt["config"]["l1_weight"] = 1.0
+    torch.save(ckpt, tmp_path / "l1.pt")
+    with pytest.raises(ValueError, match="L1"):
+        load_image_tokenizer(tmp_path / "l1.pt")
+
+
 def test_checkpoint_that_runs_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

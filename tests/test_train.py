@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import config
 import train
 from evaluate import main as evaluate_main
 from tokenizer import load_image_tokenizer
@@ -121,3 +122,21 @@ def test_bench_tokenizer_reports_vq_over_lfq_per_code_count():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result["vq_over_lfq_time"]) == {"1024", "16384"}
     assert result["encode_decode_images_per_s"] > 0
+
+
+def test_every_preset_names_real_options():
+    # a misspelt preset key would silently leave its option at the default
+    for presets, config_cls in ((config.TOKENIZER_PRESETS, config.TokenizerTrainConfig),
+                                (config.SHOWO_PRESETS, config.ShowoTrainConfig),
+                                (config.SHOWO_STAGES, config.ShowoTrainConfig)):
+        for name, preset in presets.items():
+            assert set(preset) <= config.option_names(config_cls), (name, set(preset) - config.option_names(config_cls))
+
+
+def test_showo_help_groups_the_options_by_what_they_belong_to(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["showo", "--help"])
+    groups = [line[:-1] for line in capsys.readouterr().out.splitlines() if line and line[0] != " " and line.endswith(":")]
+    assert groups[1:] == ["model (ShowoConfig, model.py)", groups[2], "mix (TaskMix, config.py)", "data",
+                          groups[5], "optimisation", "run"]
+    assert groups[2].startswith("Additions") and groups[5].startswith("stage")
