@@ -1,0 +1,52 @@
+"""The CIFAR-10 judge and the Frechet distance of evaluate.py: our own yardsticks for generated
+images (no Inception weights offline). Run: python -m pytest tests/test_judge.py"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from evaluate import frechet_distance, judge_outputs, train_judge
+from test_datasets import write_cifar
+
+
+def two_colour_classes(n, seed):
+    """n noisy 16x16 images: class 0 reddish, class 1 bluish, the kind of difference a judge must see."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    base = np.where(labels[:, None, None, None] == 0, [200, 60, 60], [60, 60, 200])       # (n, 1, 1, 3)
+    images = base + rng.normal(0, 40, (n, 16, 16, 3))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def test_the_judge_learns_to_separate_two_classes_it_has_not_seen():
+    images, labels = two_colour_classes(256, seed=0)
+    judge = train_judge(images, labels, n_classes=2, device=torch.device("cpu"), epochs=3, batch_size=32)
+    held_out, truth = two_colour_classes(64, seed=1)
+    features, predicted = judge_outputs(judge, held_out)
+    assert features.shape == (64, 128) and features.dtype == torch.float64
+    assert (predicted == torch.as_tensor(truth)).double().mean() >= 0.95
+
+
+def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_a_shift():
+    a = torch.randn(500, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    # a mean shift of s in every one of the 8 dimensions adds exactly ||shift||^2 = 8 s^2
+    assert frechet_distance(a, a + 0.5) == pytest.approx(8 * 0.25, abs=1e-8)
+    shifts = [frechet_distance(a, a + s) for s in (0.1, 0.5, 1.0)]
+    assert shifts == sorted(shifts) and shifts[0] > 0
+    assert frechet_distance(a, 2 * a) > 1  # a wider spread is a different distribution too
+
+
+def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypatch, capsys):
+    write_cifar(tmp_path, ["data_batch_1", "test_batch"], n=16)
+    argv = ["judge", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "judges"), "--device", "cpu"]
+    monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
+    first = evaluate.main(argv)
+    assert 0 <= first["test_accuracy"] <= 1 and first["train_images"] == 16
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == first
+    monkeypatch.setattr(evaluate, "train_judge", lambda *a, **k: pytest.fail("trained again"))
+    again = evaluate.main(argv)  # the same data: the cached judge, the same figures
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["frechet_train_vs_test"] == first["frechet_train_vs_test"]
