@@ -26,7 +26,10 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   name exactly the image's objects with shape, colour, size and cell (on one image per distinct
   scene of 1-2 objects, the scenes the grammar's full descriptions cover).
 - cifar10: classification by asking "what is this?" of every test image (the question stage 3
-  trains on; accuracy of the answer against the class name) and a class-conditional sample grid.
+  trains on; accuracy of the answer against the class name), and --prompts class-conditional
+  samples per class judged by the judge below (judge.*: its accuracy on them, the Frechet distance
+  of their features to the test images', and both figures for the tokenizer's reconstructions and
+  for training images); samples.png has a row per class.
 - coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
 
 `judge` trains an independent CIFAR-10 classifier on the training batches it finds (never the test
@@ -118,6 +121,7 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
 # so each figure is printed beside references measured in the same feature space.
 
 JUDGE_EPOCHS = 12  # about 4 minutes on a 2-core CPU for one data_batch (10,000 images)
+JUDGE_CACHE = os.path.join("out", "judges")  # one judge per training set, shared by every run
 
 
 def batched(items, size):
@@ -189,7 +193,7 @@ def load_or_train_judge(ds, cache_dir, device):
     if os.path.exists(path):
         judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return judge.to(device).eval()
-    judge = train_judge(ds.images, ds.labels, len(ds.class_names), device)
+    judge = train_judge(ds.images, ds.labels, len(ds.class_names), device, epochs=JUDGE_EPOCHS)
     os.makedirs(cache_dir, exist_ok=True)
     torch.save(judge.state_dict(), path + ".tmp")
     os.replace(path + ".tmp", path)  # a crash never leaves half a judge to be loaded
@@ -221,7 +225,7 @@ def frechet_distance(a, b):
     return float(((a.mean(0) - b.mean(0)) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
-def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=os.path.join("out", "judges")):
+def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
     """`evaluate.py judge`: the judge of the CIFAR-10 training batches found (cached in out/judges/:
     the data folder may be read-only), its accuracy on the whole test split, and the Frechet floor,
     training images against test images in its feature space (what a perfect generator would score)."""
@@ -344,8 +348,12 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     return result
 
 
-def evaluate_classes(pipe, ds, cfg, generator, out_dir):
-    """CIFAR-10: classification by asking the trained question, and two samples per class."""
+def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
+    """CIFAR-10: classification by asking the trained question on every held-out image, then
+    cfg["prompts"] class-conditional samples per class judged by the independent classifier (the
+    judge, trained on train_ds): its accuracy on them and the Frechet distance of their features to
+    the test images', beside the same two figures for the tokenizer's reconstructions of the test
+    images (what a perfect Show-o on this tokenizer would reach) and for training images (the floor)."""
     codes = pipe.encode_images(ds.images)
     # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
@@ -354,10 +362,32 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir):
     print(f"classification by asking {CIFAR_QUESTION!r}: {result['classification_accuracy']:.3f} on {len(ds)} images")
     stage = pipe.ckpt.get("train_config", {}).get("stage")  # which prompts it knows depends on its stage
     # the prompts the checkpoint was trained on: class names in stage 1, "a photo of an airplane" later
-    prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(2)]
-    images = draw(pipe, prompts, cfg, generator)
-    if out_dir:
-        labelled_grid(images, prompts, per_row=10).save(os.path.join(out_dir, "samples.png"))
+    n = cfg["prompts"]
+    prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(n)]
+    images = draw(pipe, prompts, cfg, generator)                              # class-major: n of class 0, ...
+    wanted = torch.arange(len(ds.class_names)).repeat_interleave(n)
+    if out_dir:  # a row per class, its first 10 samples
+        shown = [c * n + i for c in range(len(ds.class_names)) for i in range(min(n, 10))]
+        labelled_grid(images[shown], [prompts[i] for i in shown], per_row=min(n, 10)).save(
+            os.path.join(out_dir, "samples.png"))
+    judge = load_or_train_judge(train_ds, JUDGE_CACHE, pipe.device)
+    labels = torch.as_tensor(ds.labels)
+    test_features, test_predicted = judge_outputs(judge, ds.images)
+    sample_features, sample_predicted = judge_outputs(judge, images)
+    recon_features, recon_predicted = judge_outputs(judge, pipe.decode_codes(codes))
+    train_features, _ = judge_outputs(judge, train_ds.images[:len(ds)])      # as many as the test set
+    accuracy = lambda predicted, target: round(float((predicted == target).double().mean()), 4)  # noqa: E731
+    distance = lambda features: round(frechet_distance(features, test_features), 4)              # noqa: E731
+    result["judge"] = dict(test_accuracy=accuracy(test_predicted, labels),
+                           sample_accuracy=accuracy(sample_predicted, wanted), samples_per_class=n,
+                           reconstruction_accuracy=accuracy(recon_predicted, labels),
+                           frechet=distance(sample_features), frechet_reconstructions=distance(recon_features),
+                           frechet_training_images=distance(train_features))
+    j = result["judge"]
+    print(f"judge (test accuracy {j['test_accuracy']:.3f}): samples {j['sample_accuracy']:.3f} of the prompted "
+          f"class (reconstructions {j['reconstruction_accuracy']:.3f}); Frechet to test images: samples "
+          f"{j['frechet']:.4f}, reconstructions {j['frechet_reconstructions']:.4f}, training images "
+          f"{j['frechet_training_images']:.4f}")
     return result
 
 
@@ -391,8 +421,9 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
     t0 = time.time()
     if dataset == "shapes":
         result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
-    elif dataset == "cifar10":
-        result = evaluate_classes(pipe, ds, cfg, generator, out_dir)
+    elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
+        train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
+        result = evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds)
     else:
         result = evaluate_captions(pipe, ds, cfg, generator, out_dir)
     result.update(dataset=dataset, split=ds.split, images=len(ds), steps=steps, guidance=guidance,
@@ -416,7 +447,7 @@ def main(argv=None):
     jd = sub.add_parser("judge", help="train (or load) the CIFAR-10 judge; its test accuracy and Frechet floor")
     jd.add_argument("--data-dir", required=True, help="the folder holding cifar-10-batches-py/")
     jd.add_argument("--limit", type=int, default=None, help="train on at most this many images")
-    jd.add_argument("--cache-dir", default=os.path.join("out", "judges"), help="where trained judges are kept")
+    jd.add_argument("--cache-dir", default=JUDGE_CACHE, help="where trained judges are kept")
     jd.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sh = sub.add_parser("showo", help="GenEval-style table, VQA, POPE and captioning of a Show-o checkpoint")
     sh.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
@@ -424,7 +455,8 @@ def main(argv=None):
     sh.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
     sh.add_argument("--split", default=None, help="test (shapes, cifar10) or val (coco) by default")
     sh.add_argument("--limit", type=int, default=None, help="held-out images for VQA/POPE/captioning/classification")
-    sh.add_argument("--prompts", type=int, default=100, help="shapes: prompts per GenEval category")
+    sh.add_argument("--prompts", type=int, default=100,
+                    help="shapes: prompts per GenEval category; cifar10: samples per class")
     sh.add_argument("--steps", type=int, default=12, help="MaskGIT steps")
     sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")

@@ -50,3 +50,31 @@ def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypa
     again = evaluate.main(argv)  # the same data: the cached judge, the same figures
     assert again["test_accuracy"] == first["test_accuracy"]
     assert again["frechet_train_vs_test"] == first["frechet_train_vs_test"]
+
+
+def test_cifar10_evaluation_reports_every_judge_figure_and_a_row_per_class(tmp_path, monkeypatch):
+    import train
+    from PIL import Image
+    data_dir = tmp_path / "data"
+    write_cifar(data_dir, ["data_batch_1", "test_batch"], n=32)
+    common = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--batch-size", "16", "--warmup-steps", "1",
+              "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]
+    tok = train.main(["tokenizer"] + common + ["--image-size", "16", "--channels", "8,16", "--codebook-bits", "5",
+                                               "--eval-images", "16", "--bpe-vocab", "300", "--out", str(tmp_path / "run")])
+    ckpt = train.main(["showo"] + common + ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-rows", "16",
+                                            "--tokenizer", tok, "--out", str(tmp_path / "run" / "stage1")])
+    monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
+    monkeypatch.setattr(evaluate, "JUDGE_CACHE", str(tmp_path / "judges"))
+    result = evaluate.evaluate_showo(ckpt, "cifar10", data_dir=str(data_dir), prompts=2, steps=2, batch=16,
+                                     out_dir=str(tmp_path / "eval"))
+    assert 0 <= result["classification_accuracy"] <= 1
+    judge = result["judge"]
+    assert judge["samples_per_class"] == 2
+    for key in ("test_accuracy", "sample_accuracy", "reconstruction_accuracy"):
+        assert 0 <= judge[key] <= 1, key
+    for key in ("frechet", "frechet_reconstructions", "frechet_training_images"):
+        assert judge[key] >= -1e-9, key
+    # real training images lie far closer to the test images than an untrained model's samples
+    assert judge["frechet_training_images"] < judge["frechet"]
+    grid = Image.open(tmp_path / "eval" / "samples.png")  # 16 px images drawn 4x: 64 px tiles
+    assert grid.height >= 10 * 64 and grid.width < 3 * 64 + 20  # ten rows (the classes) of two samples
