@@ -55,7 +55,7 @@ import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category
 from data.shapes_scorer import score
-from model import autocast, autodetect_device, generate_images, generate_text
+from model import atomic_save, autocast, autodetect_device, generate_images, generate_text
 from sample import Pipeline, image_grid, labelled_grid
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 
@@ -189,14 +189,16 @@ def load_or_train_judge(ds, cache_dir, device):
     (another --limit or other batches get another judge). The test split is never seen."""
     digest = hashlib.sha256(ds.images.tobytes() + ds.labels.tobytes()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"judge-{ds.name}-{len(ds)}-{JUDGE_EPOCHS}-{digest}.pt")
+    os.makedirs(cache_dir, exist_ok=True)  # an unwritable folder fails now, not after the training
     judge = Judge(len(ds.class_names))
     if os.path.exists(path):
-        judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return judge.to(device).eval()
+        try:
+            judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return judge.to(device).eval()
+        except (RuntimeError, ValueError, EOFError) as e:  # damaged, or a judge of another design
+            print(f"{path} does not load ({type(e).__name__}); training the judge again")
     judge = train_judge(ds.images, ds.labels, len(ds.class_names), device, epochs=JUDGE_EPOCHS)
-    os.makedirs(cache_dir, exist_ok=True)
-    torch.save(judge.state_dict(), path + ".tmp")
-    os.replace(path + ".tmp", path)  # a crash never leaves half a judge to be loaded
+    atomic_save(judge.state_dict(), path)  # a crash never leaves half a judge to be loaded
     return judge
 
 
@@ -218,6 +220,8 @@ def frechet_distance(a, b):
     Tr (C_a C_b)^(1/2) = Tr (S C_b S)^(1/2) with S = C_a^(1/2): a symmetric matrix, so two eigh
     calls in float64 give it, with no general matrix square root."""
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if min(len(a), len(b)) < 2:
+        raise ValueError("a Frechet distance needs at least two images in each set (a covariance)")
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)                              # (D, D) each
     values, vectors = torch.linalg.eigh(cov_a)
     root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T       # C_a^(1/2)
@@ -374,8 +378,14 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
     labels = torch.as_tensor(ds.labels)
     test_features, test_predicted = judge_outputs(judge, ds.images)
     sample_features, sample_predicted = judge_outputs(judge, images)
-    recon_features, recon_predicted = judge_outputs(judge, pipe.decode_codes(codes))
-    train_features, _ = judge_outputs(judge, train_ds.images[:len(ds)])      # as many as the test set
+    recon = np.concatenate([pipe.decode_codes(c) for c in batched(codes, cfg["batch"])])  # (N, H, W, 3)
+    recon_features, recon_predicted = judge_outputs(judge, recon)
+    # every set compared to the test images holds as many images as the samples: the estimate's
+    # bias depends on that number, so only equal sizes compare
+    m = len(images)
+    train_features, _ = judge_outputs(judge, train_ds.images[:m])
+    accuracy = lambda predicted, target: round(float((predicted == target).double().mean()), 4)  # noqa: E731
+    distance = lambda features: round(frechet_distance(features[:m], test_features), 4)         # noqa: E731
     accuracy = lambda predicted, target: round(float((predicted == target).double().mean()), 4)  # noqa: E731
     distance = lambda features: round(frechet_distance(features, test_features), 4)              # noqa: E731
     result["judge"] = dict(test_accuracy=accuracy(test_predicted, labels),
@@ -422,6 +432,8 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
     if dataset == "shapes":
         result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
     elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
+        if ds.split == "train":
+            raise ValueError("the CIFAR-10 judge is trained on the training split: evaluate on test")
         train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
         result = evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds)
     else:

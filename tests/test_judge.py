@@ -37,12 +37,27 @@ def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_a_shift()
     shifts = [frechet_distance(a, a + s) for s in (0.1, 0.5, 1.0)]
     assert shifts == sorted(shifts) and shifts[0] > 0
     assert frechet_distance(a, 2 * a) > 1  # a wider spread is a different distribution too
+    with pytest.raises(ValueError, match="two images"):
+        frechet_distance(a[:1], a)
+
+
+def test_frechet_distance_matches_the_formula_for_unrelated_covariances():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(400, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(300, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64) + 1
+    ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
+    # Tr (Ca Cb)^(1/2) = the sum of the square roots of Ca Cb's (real, non-negative) eigenvalues
+    cross = np.sqrt(np.clip(np.linalg.eigvals(ca @ cb).real, 0, None)).sum()
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca) + np.trace(cb) - 2 * cross
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)  # symmetric
 
 
 def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypatch, capsys):
     write_cifar(tmp_path, ["data_batch_1", "test_batch"], n=16)
     argv = ["judge", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "judges"), "--device", "cpu"]
     monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
+    real_train = evaluate.train_judge
     first = evaluate.main(argv)
     assert 0 <= first["test_accuracy"] <= 1 and first["train_images"] == 16
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == first
@@ -50,6 +65,10 @@ def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypa
     again = evaluate.main(argv)  # the same data: the cached judge, the same figures
     assert again["test_accuracy"] == first["test_accuracy"]
     assert again["frechet_train_vs_test"] == first["frechet_train_vs_test"]
+    trained = []
+    monkeypatch.setattr(evaluate, "train_judge", lambda *a, **k: trained.append(len(a[0])) or real_train(*a, **k))
+    evaluate.main(argv + ["--limit", "8"])  # other training data: another judge
+    assert trained == [8]
 
 
 def test_cifar10_evaluation_reports_every_judge_figure_and_a_row_per_class(tmp_path, monkeypatch):
