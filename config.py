@@ -203,13 +203,13 @@ def add_config_arguments(parser, config_cls, presets, title, skip=()):
     for nested_cls, nested_title in nested_configs(config_cls):
         add_config_arguments(parser, nested_cls, presets, nested_title, skip)
     groups, documented = {}, documented_fields(config_cls, title)
+    shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731 (as typed)
     for f in fields(config_cls):
         if f.name in skip or is_dataclass(f.default_factory):
             continue
         group, comment = documented.get(f.name, (title, ""))
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
-        shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731 (as typed)
         preset_note = ", ".join(f"{k}: {shown(v[f.name])}" for k, v in presets.items() if f.name in v)
         text = f"{comment} [default {shown(f.default)}" + (f"; presets: {preset_note}]" if preset_note else "]")
         text = text.replace("%", "%%")  # argparse %-formats help strings

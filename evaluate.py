@@ -214,6 +214,11 @@ def judge_outputs(judge, images, batch_size=500):
     return torch.cat(features), torch.cat(predicted)
 
 
+def accuracy(predicted, target):
+    """The share of predicted classes (N,) equal to the target classes (N,), to 4 digits."""
+    return round(float((predicted == target).double().mean()), 4)
+
+
 def frechet_distance(a, b):
     """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
     ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), FID's formula in another feature space.
@@ -240,7 +245,7 @@ def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
     seconds = time.time() - t0
     test_features, predicted = judge_outputs(judge, test_ds.images)
     train_features, _ = judge_outputs(judge, train_ds.images)
-    return dict(test_accuracy=round(float((predicted == torch.as_tensor(test_ds.labels)).double().mean()), 4),
+    return dict(test_accuracy=accuracy(predicted, torch.as_tensor(test_ds.labels)),
                 frechet_train_vs_test=round(frechet_distance(train_features, test_features), 3),
                 train_images=len(train_ds), test_images=len(test_ds), epochs=JUDGE_EPOCHS,
                 train_or_load_seconds=round(seconds, 1))
@@ -384,10 +389,7 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
     # bias depends on that number, so only equal sizes compare
     m = len(images)
     train_features, _ = judge_outputs(judge, train_ds.images[:m])
-    accuracy = lambda predicted, target: round(float((predicted == target).double().mean()), 4)  # noqa: E731
     distance = lambda features: round(frechet_distance(features[:m], test_features), 4)         # noqa: E731
-    accuracy = lambda predicted, target: round(float((predicted == target).double().mean()), 4)  # noqa: E731
-    distance = lambda features: round(frechet_distance(features, test_features), 4)              # noqa: E731
     result["judge"] = dict(test_accuracy=accuracy(test_predicted, labels),
                            sample_accuracy=accuracy(sample_predicted, wanted), samples_per_class=n,
                            reconstruction_accuracy=accuracy(recon_predicted, labels),

@@ -8,13 +8,12 @@ Tokenizers: everything that turns text and pixels into integer ids.
    MAGVIT-v2 (arXiv 2310.05737, section 3.1). Each latent position holds K channels, each quantized
    to its sign, so a position is one of 2^K codes and the "codebook" is implicit: no embedding
    table, no nearest-neighbour search. One design for every dataset, the shapes world included.
+3. The unified token space (`TokenSpace`): text ids, special tokens, image codes and [MASK] in one
+   vocabulary, and the row layouts of every task (paper section 3.1).
 
 Show-o (arXiv 2408.12528) uses a pretrained MAGVIT-v2 tokenizer with K = 13 (8192 codes) at 16x
 downsampling; it never released tokenizer training code, so this file trains one from scratch at
 toy scale (32x32 images -> 4x4 tokens for the shapes world at 8x downsampling, 8x8 for photos at 4x).
-
-3. The unified token space (`TokenSpace`): text ids, special tokens, image codes and [MASK] in one
-   vocabulary, and the row layouts of every task (paper section 3.1).
 
 Follow one image: `ImageTokenizer.encode(images)` runs the `Encoder` (pixels -> K-channel latent),
 RMS-normalises it, `LFQ.quantize` takes signs and `LFQ.codes_to_indices` packs them into an integer

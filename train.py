@@ -47,7 +47,7 @@ from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RES
                     TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, config_from_args)
 from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch
 from evaluate import evaluate_showo, evaluate_tokenizer, psnr, reconstruct
-from model import (Showo, atomic_save, autocast, autodetect_device, file_digest, generate_images, joint_loss,
+from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, generate_images, joint_loss,
                    load_showo, optimizer_groups, showo_checkpoint)
 from sample import Pipeline, image_grid, plot_losses, steps_strip
 from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
@@ -502,8 +502,10 @@ def main_job(args, tok_parser, showo_parser):
     preset = SHOWO_PRESETS["shapes"]
     slot = preset["slot_embedding"] if args.job_slot_embedding is None else args.job_slot_embedding
     conv = preset["text_conv"] if args.job_text_conv is None else args.job_text_conv
-    if conv < 0:  # checked before the tokenizer's minutes of training, not after
-        sys.exit("error: --text-conv must be >= 0 (0: no text convolution)")
+    try:  # the model's own check, before the tokenizer's minutes of training rather than after
+        ShowoConfig(text_conv=conv)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     # A changed addition gets its own run folder, so it never collides with the preset's checkpoints.
     suffix = f"-seed{args.job_seed}" if args.job_seed else ""
     if slot != preset["slot_embedding"]:

@@ -84,8 +84,11 @@ def test_cifar10_evaluation_reports_every_judge_figure_and_a_row_per_class(tmp_p
                                             "--tokenizer", tok, "--out", str(tmp_path / "run" / "stage1")])
     monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
     monkeypatch.setattr(evaluate, "JUDGE_CACHE", str(tmp_path / "judges"))
+    compared, real_distance = [], evaluate.frechet_distance
+    monkeypatch.setattr(evaluate, "frechet_distance", lambda a, b: compared.append(len(a)) or real_distance(a, b))
     result = evaluate.evaluate_showo(ckpt, "cifar10", data_dir=str(data_dir), prompts=2, steps=2, batch=16,
                                      out_dir=str(tmp_path / "eval"))
+    assert compared == [20, 20, 20]  # samples, reconstructions and training images: as many of each
     assert 0 <= result["classification_accuracy"] <= 1
     judge = result["judge"]
     assert judge["samples_per_class"] == 2
