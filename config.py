@@ -63,9 +63,10 @@ TOKENIZER_PRESETS = {
     # K = 10 small objects of similar colour or shape shared codes for longer (docs/findings.md).
     "shapes": dict(codebook_bits=12, channels=(32, 64, 64), max_steps=1200, eval_every=300, entropy_weight=0.025,
                    out="out/shapes"),
-    # CIFAR-10: 4x downsampling (8x8 tokens). A stronger entropy penalty, taken over every token of
-    # the batch, keeps >= 90% of the 2^15 codes in use on natural images (README, "Image tokenizer").
-    "cifar10": dict(codebook_bits=15, entropy_tokens=4096, max_steps=7000, eval_every=1000, entropy_weight=0.03,
+    # CIFAR-10: 4x downsampling (8x8 tokens), K = 12 bits: chosen for the whole pipeline, as each
+    # code is a row of Show-o's embedding and output tables (K = 15: 2.2x the step time for +0.5 dB,
+    # docs/findings.md). A stronger entropy penalty, over every token of the batch, keeps the codes in use.
+    "cifar10": dict(codebook_bits=12, entropy_tokens=4096, max_steps=3000, eval_every=750, entropy_weight=0.03,
                     out="out/cifar10", bpe_vocab=320),
     # Photos like CIFAR-10's; these two presets are smoke-tested only, not tuned.
     "coco": dict(codebook_bits=12, max_steps=3000, entropy_weight=0.05, out="out/coco", bpe_vocab=2048),
@@ -170,9 +171,31 @@ SHOWO_STAGES = {
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, slot_embedding=True, text_conv=3),
                  "cifar10": dict(max_steps=2000),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
+
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "stage", "batch_size", "seed", "lr", "weight_decay",
                            "warmup_steps", "min_lr_frac", "max_steps", "grad_clip") + tuple(f.name for f in fields(TaskMix))
 FROM_TOKENIZERS = ("text_vocab_size", "codebook_size", "image_tokens")  # ShowoConfig fields the tokenizers fix
+
+
+# -----------------------------------------------------------------------------
+# The one-command pipelines (`python train.py [--dataset D]`): the tokenizers, Show-o's three stages
+# with these steps, then the evaluation. Every part runs with its dataset's presets above.
+PIPELINE_STAGES = {
+    "shapes": {1: 1400, 2: 600, 3: 1400},    # the main job (README: its minutes and figures)
+    "cifar10": {1: 1200, 2: 200, 3: 800},    # within an hour on a 2-core CPU (README, "CIFAR-10")
+    "coco": {1: 300, 2: 200, 3: 300},        # a smoke run: 80 training images in the shared coco-mini
+    "folder": {1: 300, 2: 200, 3: 300},
+}
+# --preset gpu (chosen by itself on CUDA): one GPU trains a larger model for longer. Options on top of
+# the presets above, then the stages' steps; the shapes world keeps its CPU recipe (already tuned).
+GPU_PIPELINES = {
+    "cifar10": dict(tokenizer=dict(channels=(128, 256), batch_size=256, max_steps=4000, eval_every=1000, compile=True),
+                    showo=dict(n_layer=8, n_embd=512, n_head=8, batch_size=256, lr=1e-3, compile=True),
+                    stages={1: 4000, 2: 600, 3: 2400}),
+    "coco": dict(tokenizer=dict(channels=(128, 256), batch_size=256, compile=True),
+                 showo=dict(n_layer=8, n_embd=512, n_head=8, compile=True), stages={1: 1000, 2: 500, 3: 1000}),
+}
+GPU_PIPELINES["folder"] = GPU_PIPELINES["coco"]
 
 
 # -----------------------------------------------------------------------------
@@ -249,3 +272,16 @@ def config_from_args(args, parser, config_cls, preset):
         return make_config(config_cls, values)
     except ValueError as e:
         parser.error(str(e))
+
+
+def as_flags(options):
+    """The inverse of the parsing above, for the main job's presets: {"max_steps": 4000,
+    "channels": (128, 256), "compile": True} -> ["--max-steps", "4000", "--channels", "128,256", "--compile"]."""
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return flags

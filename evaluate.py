@@ -55,8 +55,8 @@ import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category
 from data.shapes_scorer import score
-from model import atomic_save, autocast, autodetect_device, generate_images, generate_text
-from sample import Pipeline, image_grid, labelled_grid
+from model import atomic_save, autocast, autodetect_device, file_digest, generate_images, generate_text
+from sample import Pipeline, image_grid, labelled_grid, plot_losses, steps_strip
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 
 
@@ -262,7 +262,8 @@ GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "posi
 def draw(pipe, prompts, cfg, generator):
     """Text prompts -> uint8 images (N, H, W, 3), in batches."""
     images = []
-    for chunk in batched(prompts, cfg["batch"]):
+    # disable=None: a bar on a terminal, silent in logs and under pytest
+    for chunk in tqdm(list(batched(prompts, cfg["batch"])), desc="drawing", unit="batch", disable=None):
         # one generator for the whole evaluation: the same seed draws the same images every run
         codes, _ = generate_images(pipe.model, [pipe.encode_text(p) for p in chunk], steps=cfg["steps"],
                                    guidance=cfg["guidance"], generator=generator)
@@ -273,7 +274,7 @@ def draw(pipe, prompts, cfg, generator):
 def answer(pipe, codes, questions, batch, max_new_tokens=24):
     """Greedy answers (or captions, for empty questions) to one question per image -> strings."""
     answers = []
-    for idx in batched(list(range(len(questions))), batch):
+    for idx in tqdm(list(batched(list(range(len(questions))), batch)), desc="answering", unit="batch", disable=None):
         # [MMU] [SOI] image [EOI] [SOT] question, left open: the model writes the answer and [EOT]
         rows = [pipe.space.mmu(codes[i], pipe.encode_text(questions[i]) if questions[i] else [],
                                max_text=pipe.model.cfg.max_text) for i in idx]
@@ -418,13 +419,18 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir):
     return {"captions": [dict(generated=g, truth=t[0]) for g, t in zip(captions, ds.captions[:n])]}
 
 
+def held_out_split(dataset):
+    """The split every figure is measured on: test, or val for COCO (its test captions were never released)."""
+    return "val" if dataset == "coco" else "test"
+
+
 def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
                    steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
     """A Show-o checkpoint with the tokenizers it was trained with -> dict of metrics (module
     docstring); samples.png in out_dir. The main job calls it after stage 3."""
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
-    split = split or ("val" if dataset == "coco" else "test")  # COCO's test captions were never released
+    split = split or held_out_split(dataset)
     ds = data.load(dataset, split, data_dir, pipe.image_size, limit)
     generator = torch.Generator().manual_seed(seed)
     cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
@@ -444,6 +450,60 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
                   trained_steps=pipe.ckpt.get("step"), stage=pipe.ckpt.get("train_config", {}).get("stage"),
                   seconds=round(time.time() - t0, 1))
     return result
+
+
+# -----------------------------------------------------------------------------
+# A whole pipeline's run (`python train.py [--dataset D]` calls this after stage 3)
+
+# The prompt whose MaskGIT decoding steps.png shows; COCO and folders take a held-out caption
+STRIP_PROMPTS = {"shapes": "a red circle above a blue square", "cifar10": class_captions("horse")[0]}
+SAMPLES_PER_PROMPT = {"shapes": 100, "cifar10": 50}  # GenEval-style prompts per category / samples per class
+
+
+def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir=None, seed=0):
+    """The tokenizer and the final Show-o checkpoint on the held-out split, then the pictures: samples.png
+    (by evaluate_showo), steps.png (one decoding, step by step) and losses.png (every stage's losses).
+    Skipped, with the figures of metrics.json read back, when that file was measured on these checkpoints."""
+    digests = dict(tokenizer=file_digest(tokenizer_ckpt), showo=file_digest(showo_ckpt))
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            measured = json.load(f)
+        if measured.get("checkpoints") == digests:
+            print(f"evaluation: done ({metrics_path} measured these checkpoints)")
+            return measured
+    metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, dataset, data_dir, split=held_out_split(dataset))}
+    metrics["showo"] = evaluate_showo(showo_ckpt, dataset, data_dir, prompts=SAMPLES_PER_PROMPT.get(dataset, 100),
+                                      seed=seed, out_dir=run_dir)
+    prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"][0]["truth"]
+    pipe = Pipeline(showo_ckpt)
+    _, history = generate_images(pipe.model, [pipe.encode_text(prompt)], steps=12, guidance=2.0,
+                                 generator=torch.Generator().manual_seed(seed), record=True)
+    steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
+    plot_losses(logs, os.path.join(run_dir, "losses.png"))
+    metrics["checkpoints"] = digests
+    return metrics
+
+
+def print_pipeline_summary(metrics, run_dir):
+    """A pipeline's figures in a few lines (metrics.json holds them all)."""
+    tok, showo = metrics["tokenizer"], metrics["showo"]
+    print(f"\ntokenizer: held-out PSNR {tok['psnr']:.2f} dB, {100 * tok['usage']:.1f}% of {tok['codebook_size']} codes used"
+          + (f", scorer agreement {100 * tok['scorer_agreement']:.1f}%" if "scorer_agreement" in tok else ""))
+    if "geneval" in showo:
+        print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in showo["geneval"].items()))
+        print(f"VQA {showo['vqa']:.3f}, POPE {showo['pope']:.3f}, caption exact-match {showo['caption_exact']:.3f} "
+              f"(POPE answers yes {showo['pope_yes_ratio']:.2f})")
+    if "judge" in showo:
+        j = showo["judge"]
+        print(f"classification by asking {showo['classification_accuracy']:.3f}; judge (test accuracy "
+              f"{j['test_accuracy']:.3f}): samples {j['sample_accuracy']:.3f} of their class, reconstructions "
+              f"{j['reconstruction_accuracy']:.3f}; Frechet: samples {j['frechet']:.2f}, reconstructions "
+              f"{j['frechet_reconstructions']:.2f}, training images {j['frechet_training_images']:.3f}")
+    for c in showo.get("captions", [])[:3]:  # free text has no exact answer: a few for a person to read
+        print(f"held-out caption: {c['generated']!r} (one truth: {c['truth']!r})")
+    print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
+    print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
 
 
 def main(argv=None):

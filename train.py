@@ -2,6 +2,8 @@
 Training programs.
 
     python train.py                      # the main job: tokenizers, Show-o's three stages, evaluation (shapes)
+    python train.py --dataset cifar10 --data-dir ../shared/data     # the same pipeline on real photos
+    python train.py --dataset coco --data-dir ../shared/data/coco-mini --limit 64
     python train.py tokenizer --dataset shapes --out out/shapes
     python train.py tokenizer --dataset cifar10 --data-dir ../shared/data --out out/cifar10
     python train.py tokenizer --help     # every option, grouped (model, data, optimisation, run), with presets
@@ -43,13 +45,14 @@ import torch
 from tqdm import tqdm
 
 import data
-from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
-                    TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, config_from_args)
+from config import (FROM_TOKENIZERS, GPU_PIPELINES, PIPELINE_STAGES, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
+                    TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, as_flags,
+                    config_from_args)
 from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch
-from evaluate import evaluate_showo, evaluate_tokenizer, psnr, reconstruct
-from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, generate_images, joint_loss,
+from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
+from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, joint_loss,
                    load_showo, optimizer_groups, showo_checkpoint)
-from sample import Pipeline, image_grid, plot_losses, steps_strip
+from sample import image_grid
 from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
                        load_image_tokenizer)
 
@@ -98,8 +101,7 @@ def load_splits(cfg, image_size, n_eval, measured):
     if cfg.dataset == "folder":
         eval_ds, held_out = train_ds, f"training-set {measured} (a folder has no held-out split)"
     else:
-        eval_ds = data.load(cfg.dataset, "val" if cfg.dataset == "coco" else "test", cfg.data_dir, image_size,
-                            n_eval, cfg.seed)
+        eval_ds = data.load(cfg.dataset, held_out_split(cfg.dataset), cfg.data_dir, image_size, n_eval, cfg.seed)
         held_out = f"held-out {eval_ds.split} {measured}"
     if len(train_ds) < cfg.batch_size:
         sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size})")
@@ -487,87 +489,90 @@ def main_tokenizer(args, parser):
 
 
 # -----------------------------------------------------------------------------
-# The main job: `python train.py`
-
-# The main job's Show-o stages on the shapes world: steps per stage (the README gives their minutes).
-MAIN_JOB_STAGES = {1: 1400, 2: 600, 3: 1400}
-MAIN_JOB_PROMPT = "a red circle above a blue square"
+# The main job: `python train.py [--dataset D]`, one command for a dataset's whole pipeline
 
 
-def main_job(args, tok_parser, showo_parser):
-    """`python train.py`: the image and text tokenizers, Show-o's three stages and the evaluation on
-    the shapes world; every part resumes if the job was interrupted and is skipped if finished.
-    args: the main job's own options (--seed, --out, and the model's additions for ablations)."""
-    t0 = time.time()
-    preset = SHOWO_PRESETS["shapes"]
-    slot = preset["slot_embedding"] if args.job_slot_embedding is None else args.job_slot_embedding
-    conv = preset["text_conv"] if args.job_text_conv is None else args.job_text_conv
+def pipeline_recipe(args):
+    """The main job's options -> (run folder, tokenizer flags, flags of every stage, steps per stage).
+    The dataset's presets decide everything else; a changed part gets its own run folder (a suffix per
+    change), so it never resumes from, or collides with, another recipe's checkpoints."""
+    dataset, preset = args.job_dataset, SHOWO_PRESETS[args.job_dataset]
+    gpu = args.job_preset == "gpu" or (args.job_preset is None and torch.cuda.is_available())
+    recipe = GPU_PIPELINES.get(dataset) if gpu else None
+    if args.job_preset == "gpu" and recipe is None:
+        sys.exit(f"error: there is no GPU preset for {dataset}; its CPU recipe runs as fast on a GPU")
+    recipe = recipe or dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
+    slot = preset.get("slot_embedding", False) if args.job_slot_embedding is None else args.job_slot_embedding
+    conv = preset.get("text_conv", 0) if args.job_text_conv is None else args.job_text_conv
     try:  # the model's own check, before the tokenizer's minutes of training rather than after
         ShowoConfig(text_conv=conv)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    # A changed addition gets its own run folder, so it never collides with the preset's checkpoints.
-    suffix = f"-seed{args.job_seed}" if args.job_seed else ""
-    if slot != preset["slot_embedding"]:
+    suffix = "-gpu" if recipe is GPU_PIPELINES.get(dataset) else ""
+    suffix += (f"-seed{args.job_seed}" if args.job_seed else "") + (f"-limit{args.job_limit}" if args.job_limit else "")
+    if slot != preset.get("slot_embedding", False):
         suffix += "-slot" if slot else "-noslot"
-    if conv != preset["text_conv"]:
+    if conv != preset.get("text_conv", 0):
         suffix += f"-textconv{conv}"
-    run_dir = args.job_out or f"out/shapes{suffix}"
+    data_flags = ["--dataset", dataset] + (["--data-dir", args.job_data_dir] if args.job_data_dir else [])
+    data_flags += ["--seed", str(args.job_seed)] + (["--limit", str(args.job_limit)] if args.job_limit else [])
+    showo_flags = data_flags + as_flags(dict(recipe["showo"], slot_embedding=slot, text_conv=conv))
+    return (args.job_out or f"out/{dataset}{suffix}", data_flags + as_flags(recipe["tokenizer"]), showo_flags,
+            recipe["stages"])
+
+
+def main_job(args, tok_parser, showo_parser):
+    """`python train.py [--dataset D]`: the image and text tokenizers, Show-o's three stages and the
+    evaluation; every part resumes if the job was interrupted and is skipped if finished."""
+    t0 = time.time()
+    run_dir, tokenizer_flags, showo_flags, stages = pipeline_recipe(args)
     # every part runs through its own command line, exactly as a user would type it (--resume: a
     # finished part loads and returns at once, an interrupted one continues)
-    common = ["--seed", str(args.job_seed)]
-    tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(common + ["--out", run_dir, "--resume"]), tok_parser)
+    tokenizer_ckpt = main_tokenizer(tok_parser.parse_args(tokenizer_flags + ["--out", run_dir, "--resume"]), tok_parser)
     minutes = dict(tokenizer=round((time.time() - t0) / 60, 2))
-    additions = ["--slot-embedding" if slot else "--no-slot-embedding", "--text-conv", str(conv)]
     init, logs = None, []
-    for stage, steps in MAIN_JOB_STAGES.items():
-        argv = common + additions + ["--stage", str(stage), "--max-steps", str(steps), "--resume",
-                                     "--tokenizer", tokenizer_ckpt, "--out", os.path.join(run_dir, f"stage{stage}")]
+    for stage, steps in stages.items():
+        argv = showo_flags + ["--stage", str(stage), "--max-steps", str(steps), "--resume",
+                              "--tokenizer", tokenizer_ckpt, "--out", os.path.join(run_dir, f"stage{stage}")]
         init = main_showo(showo_parser.parse_args(argv + (["--init", init] if init else [])), showo_parser)
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
-    # the evaluation of the README's tables, on held-out scenes, then the two pictures
-    t_eval = time.time()
-    metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, "shapes")}
-    metrics["showo"] = evaluate_showo(init, "shapes", seed=args.job_seed, out_dir=run_dir)
-    pipe = Pipeline(init)  # one decoding, step by step, for learners to watch
-    _, history = generate_images(pipe.model, [pipe.encode_text(MAIN_JOB_PROMPT)], steps=12, guidance=2.0,
-                                 generator=torch.Generator().manual_seed(args.job_seed), record=True)
-    steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
-    plot_losses(logs, os.path.join(run_dir, "losses.png"))
+    t_eval = time.time()  # the README's tables on held-out data, then the pictures
+    try:
+        metrics = evaluate_pipeline(tokenizer_ckpt, init, logs, run_dir, args.job_dataset, args.job_data_dir, args.job_seed)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if "minutes" in metrics:  # evaluated before, on these checkpoints: that run's minutes stand
+        print_pipeline_summary(metrics, run_dir)
+        return metrics
     # wall-clock minutes of this call: a part skipped because it was finished costs (nearly) nothing
     metrics["minutes"] = dict(**minutes, evaluation=round((time.time() - t_eval) / 60, 2),
                               training=round(minutes["tokenizer"] + minutes["stages"], 2),
                               total=round((time.time() - t0) / 60, 2))
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    print_job_summary(metrics, run_dir)
+    print_pipeline_summary(metrics, run_dir)
     return metrics
-
-
-def print_job_summary(metrics, run_dir):
-    """The main job's figures in a few lines (metrics.json holds them all)."""
-    g, tok, showo = metrics["showo"]["geneval"], metrics["tokenizer"], metrics["showo"]
-    print(f"\ntokenizer: held-out PSNR {tok['psnr']:.2f} dB, scorer agreement {100 * tok['scorer_agreement']:.1f}%")
-    print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
-    print(f"VQA {showo['vqa']:.3f}, POPE {showo['pope']:.3f}, caption exact-match {showo['caption_exact']:.3f} "
-          f"(POPE answers yes {showo['pope_yes_ratio']:.2f})")
-    print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
-    print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
 
 
 def main(argv=None):
     """No command: the main job; `tokenizer` / `showo`: one part, every option on the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    job = parser.add_argument_group("the main job (no command)")
+    job = parser.add_argument_group("the main job (no command): one dataset's whole pipeline")
     # own dest names: a command's options of the same name (python train.py showo --seed 1) are its own
-    job.add_argument("--seed", dest="job_seed", type=int, default=0, help="seed of every part of the main job [default 0]")
-    job.add_argument("--out", dest="job_out", default=None,
-                     help="run folder [default out/shapes, plus -seedN for seed N and a suffix per changed addition]")
+    job.add_argument("--dataset", dest="job_dataset", default="shapes", choices=data.DATASETS,
+                     help="the data the pipeline trains on [default shapes, the built-in world]")
+    job.add_argument("--data-dir", dest="job_data_dir", default=None, metavar="DIR", help="where cifar10/coco/folder data lives")
+    job.add_argument("--limit", dest="job_limit", type=int, default=None, metavar="N", help="train on at most this many images")
+    job.add_argument("--preset", dest="job_preset", choices=("cpu", "gpu"), default=None,
+                     help="gpu: a larger model trained longer (config.GPU_PIPELINES) [default: gpu on CUDA, else cpu]")
+    job.add_argument("--seed", dest="job_seed", type=int, default=0, metavar="N", help="seed of every part of the main job [default 0]")
+    job.add_argument("--out", dest="job_out", default=None, metavar="DIR",
+                     help="run folder [default out/DATASET, plus a suffix per change: -gpu, -seedN, -limitN, ...]")
     job.add_argument("--slot-embedding", dest="job_slot_embedding", action=argparse.BooleanOptionalAction, default=None,
-                     help="turn the slot-embedding addition on or off in every stage [default: the shapes preset]")
-    job.add_argument("--text-conv", dest="job_text_conv", type=int, default=None,
-                     help="the text-convolution addition's width in every stage, 0 = off [default: the shapes preset]")
+                     help="turn the slot-embedding addition on or off in every stage [default: the dataset's preset]")
+    job.add_argument("--text-conv", dest="job_text_conv", type=int, default=None, metavar="W",
+                     help="the text-convolution addition's width in every stage, 0 = off [default: the dataset's preset]")
     sub = parser.add_subparsers(dest="command")
     tok = sub.add_parser("tokenizer", help="train the text BPE and the LFQ image tokenizer")
     add_config_arguments(tok, TokenizerTrainConfig, TOKENIZER_PRESETS, "data")
@@ -576,10 +581,14 @@ def main(argv=None):
     add_config_arguments(showo, ShowoTrainConfig, {**SHOWO_PRESETS, **stage_mixes}, "data", skip=FROM_TOKENIZERS)
     args = parser.parse_args(argv)
     if args.command is None:
+        if args.job_dataset != "shapes" and args.job_data_dir is None:
+            parser.error(f"--data-dir is needed for {args.job_dataset} (e.g. ../shared/data)")
+        if args.job_limit is not None and args.job_limit < 1:
+            parser.error("--limit must be at least 1")
         return main_job(args, tok, showo)
-    if (args.job_seed, args.job_out, args.job_slot_embedding, args.job_text_conv) != (0, None, None, None):
-        parser.error("the main job's options (--seed, --out, --slot-embedding, --text-conv) go after the "
-                     f"command: python train.py {args.command} --seed N ...")
+    if any(getattr(args, a.dest) != a.default for a in job._group_actions):
+        parser.error("the main job's options (--dataset, --seed, --out, ...) go after the command: "
+                     f"python train.py {args.command} --dataset D --seed N ...")
     if args.command == "showo":
         return main_showo(args, showo)
     return main_tokenizer(args, tok)

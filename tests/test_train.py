@@ -89,7 +89,10 @@ def test_user_mistakes_give_clear_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, folder", [([], "out/shapes"), (["--seed", "1"], "out/shapes-seed1"),
                                           (["--no-slot-embedding", "--text-conv", "0"], "out/shapes-noslot-textconv0"),
-                                          (["--seed", "2", "--text-conv", "3"], "out/shapes-seed2")])
+                                          (["--seed", "2", "--text-conv", "3"], "out/shapes-seed2"),
+                                          (["--dataset", "cifar10", "--data-dir", "d", "--preset", "cpu"], "out/cifar10"),
+                                          (["--dataset", "coco", "--data-dir", "d", "--preset", "gpu", "--limit", "9"],
+                                           "out/coco-gpu-limit9")])
 def test_the_main_job_gives_each_seed_and_each_changed_addition_its_own_folder(argv, folder, monkeypatch):
     # so an ablation never tries to resume the preset's checkpoints (which would refuse other options)
     def stop_after_recording(args, parser):
@@ -131,6 +134,18 @@ def test_every_preset_names_real_options():
                                 (config.SHOWO_STAGES, config.ShowoTrainConfig)):
         for name, preset in presets.items():
             assert set(preset) <= config.option_names(config_cls), (name, set(preset) - config.option_names(config_cls))
+    for name, recipe in config.GPU_PIPELINES.items():  # and every GPU recipe, stage by stage
+        assert set(recipe["tokenizer"]) <= config.option_names(config.TokenizerTrainConfig), name
+        assert set(recipe["showo"]) <= config.option_names(config.ShowoTrainConfig), name
+        assert sorted(recipe["stages"]) == [1, 2, 3] and sorted(config.PIPELINE_STAGES[name]) == [1, 2, 3]
+
+
+def test_preset_options_become_the_command_line_that_sets_them():
+    parser = train.main.__globals__["argparse"].ArgumentParser()
+    config.add_config_arguments(parser, config.TokenizerTrainConfig, {}, "data")
+    options = dict(channels=(128, 256), max_steps=4000, compile=True, resume=False, lr=1e-3)
+    args = parser.parse_args(config.as_flags(options))
+    assert {k: getattr(args, k) for k in options} == options
 
 
 def test_showo_help_groups_the_options_by_what_they_belong_to(capsys):
