@@ -455,40 +455,54 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
 # -----------------------------------------------------------------------------
 # A whole pipeline's run (`python train.py [--dataset D]` calls this after stage 3)
 
-# The prompt whose MaskGIT decoding steps.png shows; COCO and folders take a held-out caption
+# The prompt whose MaskGIT decoding steps.png shows; COCO and folders take their first evaluated caption
 STRIP_PROMPTS = {"shapes": "a red circle above a blue square", "cifar10": class_captions("horse")[0]}
 SAMPLES_PER_PROMPT = {"shapes": 100, "cifar10": 50}  # GenEval-style prompts per category / samples per class
 
 
-def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir=None, seed=0):
-    """The tokenizer and the final Show-o checkpoint on the held-out split, then the pictures: samples.png
-    (by evaluate_showo), steps.png (one decoding, step by step) and losses.png (every stage's losses).
-    Skipped, with the figures of metrics.json read back, when that file was measured on these checkpoints."""
-    digests = dict(tokenizer=file_digest(tokenizer_ckpt), showo=file_digest(showo_ckpt))
+def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir, seed, minutes, t0):
+    """The tokenizer and the final Show-o checkpoint on the held-out split (a folder: its own images),
+    then the pictures: samples.png (by evaluate_showo), steps.png (one decoding, step by step) and
+    losses.png (every stage's losses); all figures, with the call's wall-clock minutes (minutes: the
+    training parts', t0: when the call began), go to run_dir/metrics.json. Skipped, and that file read
+    back, when it was measured on the same checkpoints, data and samples (delete it to measure again)."""
+    measured_on = dict(tokenizer=file_digest(tokenizer_ckpt), showo=file_digest(showo_ckpt), dataset=dataset,
+                       data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
+                       samples=SAMPLES_PER_PROMPT.get(dataset, 100))
     metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(metrics_path):
+    try:
         with open(metrics_path) as f:
             measured = json.load(f)
-        if measured.get("checkpoints") == digests:
+        if isinstance(measured, dict) and measured.get("measured_on") == measured_on:
             print(f"evaluation: done ({metrics_path} measured these checkpoints)")
             return measured
+    except (OSError, ValueError):  # none yet, or unreadable: measure again
+        pass
+    t_eval = time.time()
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, dataset, data_dir, split=held_out_split(dataset))}
-    metrics["showo"] = evaluate_showo(showo_ckpt, dataset, data_dir, prompts=SAMPLES_PER_PROMPT.get(dataset, 100),
-                                      seed=seed, out_dir=run_dir)
+    metrics["showo"] = evaluate_showo(showo_ckpt, dataset, data_dir, prompts=measured_on["samples"], seed=seed,
+                                      out_dir=run_dir)
     prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"][0]["truth"]
     pipe = Pipeline(showo_ckpt)
     _, history = generate_images(pipe.model, [pipe.encode_text(prompt)], steps=12, guidance=2.0,
                                  generator=torch.Generator().manual_seed(seed), record=True)
     steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
     plot_losses(logs, os.path.join(run_dir, "losses.png"))
-    metrics["checkpoints"] = digests
+    # wall-clock minutes of this call: a part skipped because it was finished costs (nearly) nothing
+    metrics["minutes"] = dict(**minutes, evaluation=round((time.time() - t_eval) / 60, 2),
+                              training=round(sum(minutes.values()), 2), total=round((time.time() - t0) / 60, 2))
+    metrics["measured_on"] = measured_on
+    with open(f"{metrics_path}.tmp", "w") as f:  # then a rename: never a half-written metrics.json
+        json.dump(metrics, f, indent=1)
+    os.replace(f"{metrics_path}.tmp", metrics_path)
     return metrics
 
 
 def print_pipeline_summary(metrics, run_dir):
     """A pipeline's figures in a few lines (metrics.json holds them all)."""
     tok, showo = metrics["tokenizer"], metrics["showo"]
-    print(f"\ntokenizer: held-out PSNR {tok['psnr']:.2f} dB, {100 * tok['usage']:.1f}% of {tok['codebook_size']} codes used"
+    print(f"\ntokenizer on the {tok['split']} split: PSNR {tok['psnr']:.2f} dB, {100 * tok['usage']:.1f}% of "
+          f"{tok['codebook_size']} codes used"
           + (f", scorer agreement {100 * tok['scorer_agreement']:.1f}%" if "scorer_agreement" in tok else ""))
     if "geneval" in showo:
         print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in showo["geneval"].items()))
@@ -498,10 +512,10 @@ def print_pipeline_summary(metrics, run_dir):
         j = showo["judge"]
         print(f"classification by asking {showo['classification_accuracy']:.3f}; judge (test accuracy "
               f"{j['test_accuracy']:.3f}): samples {j['sample_accuracy']:.3f} of their class, reconstructions "
-              f"{j['reconstruction_accuracy']:.3f}; Frechet: samples {j['frechet']:.2f}, reconstructions "
-              f"{j['frechet_reconstructions']:.2f}, training images {j['frechet_training_images']:.3f}")
+              f"{j['reconstruction_accuracy']:.3f}; Frechet: samples {j['frechet']:.4f}, reconstructions "
+              f"{j['frechet_reconstructions']:.4f}, training images {j['frechet_training_images']:.4f}")
     for c in showo.get("captions", [])[:3]:  # free text has no exact answer: a few for a person to read
-        print(f"held-out caption: {c['generated']!r} (one truth: {c['truth']!r})")
+        print(f"caption of a {showo['split']} image: {c['generated']!r} (one truth: {c['truth']!r})")
     print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
     print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
 

@@ -104,7 +104,8 @@ def load_splits(cfg, image_size, n_eval, measured):
         eval_ds = data.load(cfg.dataset, held_out_split(cfg.dataset), cfg.data_dir, image_size, n_eval, cfg.seed)
         held_out = f"held-out {eval_ds.split} {measured}"
     if len(train_ds) < cfg.batch_size:
-        sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size})")
+        sys.exit(f"error: {len(train_ds)} training images is fewer than one batch ({cfg.batch_size}): "
+                 "use more images (--limit) or a smaller --batch-size")
     return train_ds, eval_ds, held_out
 
 
@@ -497,18 +498,20 @@ def pipeline_recipe(args):
     The dataset's presets decide everything else; a changed part gets its own run folder (a suffix per
     change), so it never resumes from, or collides with, another recipe's checkpoints."""
     dataset, preset = args.job_dataset, SHOWO_PRESETS[args.job_dataset]
-    gpu = args.job_preset == "gpu" or (args.job_preset is None and torch.cuda.is_available())
-    recipe = GPU_PIPELINES.get(dataset) if gpu else None
-    if args.job_preset == "gpu" and recipe is None:
+    asked = args.job_preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    gpu = asked == "gpu" and dataset in GPU_PIPELINES
+    if args.job_preset == "gpu" and not gpu:
         sys.exit(f"error: there is no GPU preset for {dataset}; its CPU recipe runs as fast on a GPU")
-    recipe = recipe or dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
+    if gpu and not torch.cuda.is_available():
+        print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
+    recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
     slot = preset.get("slot_embedding", False) if args.job_slot_embedding is None else args.job_slot_embedding
     conv = preset.get("text_conv", 0) if args.job_text_conv is None else args.job_text_conv
     try:  # the model's own check, before the tokenizer's minutes of training rather than after
         ShowoConfig(text_conv=conv)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    suffix = "-gpu" if recipe is GPU_PIPELINES.get(dataset) else ""
+    suffix = "-gpu" if gpu else ""
     suffix += (f"-seed{args.job_seed}" if args.job_seed else "") + (f"-limit{args.job_limit}" if args.job_limit else "")
     if slot != preset.get("slot_embedding", False):
         suffix += "-slot" if slot else "-noslot"
@@ -537,20 +540,11 @@ def main_job(args, tok_parser, showo_parser):
         init = main_showo(showo_parser.parse_args(argv + (["--init", init] if init else [])), showo_parser)
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
-    t_eval = time.time()  # the README's tables on held-out data, then the pictures
-    try:
-        metrics = evaluate_pipeline(tokenizer_ckpt, init, logs, run_dir, args.job_dataset, args.job_data_dir, args.job_seed)
+    try:  # the README's tables on held-out data, then the pictures
+        metrics = evaluate_pipeline(tokenizer_ckpt, init, logs, run_dir, args.job_dataset, args.job_data_dir,
+                                    args.job_seed, minutes, t0)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
-    if "minutes" in metrics:  # evaluated before, on these checkpoints: that run's minutes stand
-        print_pipeline_summary(metrics, run_dir)
-        return metrics
-    # wall-clock minutes of this call: a part skipped because it was finished costs (nearly) nothing
-    metrics["minutes"] = dict(**minutes, evaluation=round((time.time() - t_eval) / 60, 2),
-                              training=round(minutes["tokenizer"] + minutes["stages"], 2),
-                              total=round((time.time() - t0) / 60, 2))
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
     print_pipeline_summary(metrics, run_dir)
     return metrics
 
@@ -565,7 +559,8 @@ def main(argv=None):
     job.add_argument("--data-dir", dest="job_data_dir", default=None, metavar="DIR", help="where cifar10/coco/folder data lives")
     job.add_argument("--limit", dest="job_limit", type=int, default=None, metavar="N", help="train on at most this many images")
     job.add_argument("--preset", dest="job_preset", choices=("cpu", "gpu"), default=None,
-                     help="gpu: a larger model trained longer (config.GPU_PIPELINES) [default: gpu on CUDA, else cpu]")
+                     help="gpu: a larger model trained longer, for cifar10/coco/folder (config.GPU_PIPELINES) "
+                          "[default: gpu on CUDA, else cpu]")
     job.add_argument("--seed", dest="job_seed", type=int, default=0, metavar="N", help="seed of every part of the main job [default 0]")
     job.add_argument("--out", dest="job_out", default=None, metavar="DIR",
                      help="run folder [default out/DATASET, plus a suffix per change: -gpu, -seedN, -limitN, ...]")
@@ -581,14 +576,14 @@ def main(argv=None):
     add_config_arguments(showo, ShowoTrainConfig, {**SHOWO_PRESETS, **stage_mixes}, "data", skip=FROM_TOKENIZERS)
     args = parser.parse_args(argv)
     if args.command is None:
-        if args.job_dataset != "shapes" and args.job_data_dir is None:
-            parser.error(f"--data-dir is needed for {args.job_dataset} (e.g. ../shared/data)")
+        if (args.job_dataset == "shapes") == (args.job_data_dir is not None):  # the world is generated
+            parser.error(f"--data-dir is {'not ' * (args.job_dataset == 'shapes')}needed for {args.job_dataset}")
         if args.job_limit is not None and args.job_limit < 1:
             parser.error("--limit must be at least 1")
         return main_job(args, tok, showo)
     if any(getattr(args, a.dest) != a.default for a in job._group_actions):
-        parser.error("the main job's options (--dataset, --seed, --out, ...) go after the command: "
-                     f"python train.py {args.command} --dataset D --seed N ...")
+        parser.error("options before a command belong to the main job: put the command's own options after "
+                     f"it (python train.py {args.command} --dataset D --seed N ...)")
     if args.command == "showo":
         return main_showo(args, showo)
     return main_tokenizer(args, tok)

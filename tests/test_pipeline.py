@@ -1,5 +1,6 @@
 """The one-command pipelines (`python train.py --dataset D`): the tokenizers, the three stages and the
-evaluation, end to end on a tiny fake CIFAR-10 and COCO with a few steps per part.
+evaluation, end to end on a tiny fake CIFAR-10 and on 16 images of the shared coco-mini, with a few
+steps per part.
 Run: python -m pytest tests/test_pipeline.py"""
 import json
 
@@ -31,7 +32,7 @@ def tiny_recipes(monkeypatch, tmp_path):
         monkeypatch.setitem(config.TOKENIZER_PRESETS, dataset, dict(config.TOKENIZER_PRESETS[dataset], **TINY_TOKENIZER))
         monkeypatch.setitem(config.SHOWO_PRESETS, dataset, dict(config.SHOWO_PRESETS[dataset], **TINY_SHOWO))
         monkeypatch.setitem(config.PIPELINE_STAGES, dataset, {1: 2, 2: 1, 3: 2})
-    # the GPU recipe keeps its options but trains as little (its sizes are the tiny ones above)
+    # --preset gpu's code path with the tiny sizes above (its real sizes are checked in test_train.py)
     monkeypatch.setitem(config.GPU_PIPELINES, "coco", dict(tokenizer=dict(compile=True), showo=dict(compile=True),
                                                            stages={1: 2, 2: 1, 3: 2}))
     monkeypatch.setitem(evaluate.SAMPLES_PER_PROMPT, "cifar10", 2)
@@ -53,8 +54,18 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
     for picture in ("samples.png", "steps.png", "losses.png"):
         assert Image.open(tmp_path / "run" / picture).width > 0
     # a second call trains nothing and, with the same checkpoints, evaluates nothing
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.pt")}
+    real_evaluate = evaluate.evaluate_showo
     monkeypatch.setattr(evaluate, "evaluate_showo", lambda *a, **k: pytest.fail("evaluated again"))
     assert train.main(argv) == metrics
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.pt")} == written
+    # a damaged metrics.json is measured again, with the same figures
+    (tmp_path / "run" / "metrics.json").write_text("{")
+    monkeypatch.setattr(evaluate, "evaluate_showo", real_evaluate)
+    again = train.main(argv)
+    assert again["measured_on"] == metrics["measured_on"] and again["showo"]["judge"] == metrics["showo"]["judge"]
+    assert (again["tokenizer"]["psnr"], again["tokenizer"]["usage"]) == (metrics["tokenizer"]["psnr"], metrics["tokenizer"]["usage"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == again
 
 
 @needs_coco

@@ -1,5 +1,6 @@
 """End-to-end tests of the programs: train.py tokenizer (tiny sizes), --resume, evaluate.py and
 bench.py output contracts. Run: python -m pytest tests/test_train.py"""
+import argparse
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 
 import config
 import train
+from data import DATASETS
 from evaluate import main as evaluate_main
 from tokenizer import load_image_tokenizer
 
@@ -87,25 +89,49 @@ def test_user_mistakes_give_clear_errors(tmp_path, capsys):
     assert "GroupNorm" in capsys.readouterr().err  # the model config's own check, as a usage error
 
 
-@pytest.mark.parametrize("argv, folder", [([], "out/shapes"), (["--seed", "1"], "out/shapes-seed1"),
-                                          (["--no-slot-embedding", "--text-conv", "0"], "out/shapes-noslot-textconv0"),
-                                          (["--seed", "2", "--text-conv", "3"], "out/shapes-seed2"),
-                                          (["--dataset", "cifar10", "--data-dir", "d", "--preset", "cpu"], "out/cifar10"),
-                                          (["--dataset", "coco", "--data-dir", "d", "--preset", "gpu", "--limit", "9"],
-                                           "out/coco-gpu-limit9")])
-def test_the_main_job_gives_each_seed_and_each_changed_addition_its_own_folder(argv, folder, monkeypatch):
-    # so an ablation never tries to resume the preset's checkpoints (which would refuse other options)
+@pytest.mark.parametrize("argv, cuda, folder", [
+    ([], False, "out/shapes"), (["--seed", "1"], False, "out/shapes-seed1"),
+    (["--no-slot-embedding", "--text-conv", "0"], False, "out/shapes-noslot-textconv0"),
+    (["--seed", "2", "--text-conv", "3"], False, "out/shapes-seed2"),
+    ([], True, "out/shapes"),  # the shapes world has no GPU recipe: its own on any machine
+    (["--dataset", "cifar10", "--data-dir", "d"], False, "out/cifar10"),
+    (["--dataset", "cifar10", "--data-dir", "d"], True, "out/cifar10-gpu"),  # CUDA picks the GPU recipe
+    (["--dataset", "cifar10", "--data-dir", "d", "--preset", "cpu"], True, "out/cifar10"),
+    (["--dataset", "coco", "--data-dir", "d", "--preset", "gpu", "--limit", "9"], False, "out/coco-gpu-limit9")])
+def test_the_main_job_gives_each_recipe_its_own_folder(argv, cuda, folder, monkeypatch):
+    # so an ablation or another recipe never resumes another's checkpoints (which would refuse its options)
     def stop_after_recording(args, parser):
         raise SystemExit(args.out)
     monkeypatch.setattr(train, "main_tokenizer", stop_after_recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     with pytest.raises(SystemExit, match=f"^{folder}$"):
         train.main(argv)
+
+
+def test_the_shapes_main_job_runs_each_part_with_exactly_these_options(monkeypatch):
+    parts = []  # the options each part's parser received, as a user typing them would give them
+
+    def record(args, parser):
+        parts.append({k: v for k, v in vars(args).items() if v is not None and not k.startswith("job_")
+                      and k != "command"})
+        return f"ckpt{len(parts)}/showo.pt"
+    monkeypatch.setattr(train, "main_tokenizer", record)
+    monkeypatch.setattr(train, "main_showo", record)
+    monkeypatch.setattr(train, "evaluate_pipeline", lambda *a: parts.append("evaluated") or {})
+    monkeypatch.setattr(train, "print_pipeline_summary", lambda *a: None)
+    train.main([])
+    assert parts[0] == dict(dataset="shapes", seed=0, out="out/shapes", resume=True)
+    stage = dict(dataset="shapes", seed=0, slot_embedding=True, text_conv=3, resume=True, tokenizer="ckpt1/showo.pt")
+    assert parts[1] == dict(stage, stage=1, max_steps=1400, out="out/shapes/stage1")
+    assert parts[2] == dict(stage, stage=2, max_steps=600, out="out/shapes/stage2", init="ckpt2/showo.pt")
+    assert parts[3] == dict(stage, stage=3, max_steps=1400, out="out/shapes/stage3", init="ckpt3/showo.pt")
+    assert parts[4:] == ["evaluated"]
 
 
 def test_main_job_options_before_a_command_are_refused(capsys):
     with pytest.raises(SystemExit):
         train.main(["--seed", "1", "showo"])  # would otherwise train with seed 0
-    assert "go after the command" in capsys.readouterr().err
+    assert "options before a command belong to the main job" in capsys.readouterr().err
 
 
 def test_evaluate_prints_metrics_as_its_last_line(tmp_path, capsys):
@@ -134,6 +160,8 @@ def test_every_preset_names_real_options():
                                 (config.SHOWO_STAGES, config.ShowoTrainConfig)):
         for name, preset in presets.items():
             assert set(preset) <= config.option_names(config_cls), (name, set(preset) - config.option_names(config_cls))
+    # every dataset has a recipe for each part of its pipeline
+    assert set(config.TOKENIZER_PRESETS) == set(config.SHOWO_PRESETS) == set(config.PIPELINE_STAGES) == set(DATASETS)
     for name, recipe in config.GPU_PIPELINES.items():  # and every GPU recipe, stage by stage
         assert set(recipe["tokenizer"]) <= config.option_names(config.TokenizerTrainConfig), name
         assert set(recipe["showo"]) <= config.option_names(config.ShowoTrainConfig), name
@@ -141,7 +169,7 @@ def test_every_preset_names_real_options():
 
 
 def test_preset_options_become_the_command_line_that_sets_them():
-    parser = train.main.__globals__["argparse"].ArgumentParser()
+    parser = argparse.ArgumentParser()
     config.add_config_arguments(parser, config.TokenizerTrainConfig, {}, "data")
     options = dict(channels=(128, 256), max_steps=4000, compile=True, resume=False, lr=1e-3)
     args = parser.parse_args(config.as_flags(options))
