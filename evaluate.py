@@ -501,7 +501,10 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
 def print_pipeline_summary(metrics, run_dir):
     """A pipeline's figures in a few lines (metrics.json holds them all)."""
     tok, showo = metrics["tokenizer"], metrics["showo"]
-    print(f"\ntokenizer on the {tok['split']} split: PSNR {tok['psnr']:.2f} dB, {100 * tok['usage']:.1f}% of "
+    where = f"the {tok['split']} split"
+    if tok["split"] == "all":  # load_splits says the same while training
+        where = "the folder's own images (it has no held-out split)"
+    print(f"\ntokenizer on {where}: PSNR {tok['psnr']:.2f} dB, {100 * tok['usage']:.1f}% of "
           f"{tok['codebook_size']} codes used"
           + (f", scorer agreement {100 * tok['scorer_agreement']:.1f}%" if "scorer_agreement" in tok else ""))
     if "geneval" in showo:
@@ -515,7 +518,7 @@ def print_pipeline_summary(metrics, run_dir):
               f"{j['reconstruction_accuracy']:.3f}; Frechet: samples {j['frechet']:.4f}, reconstructions "
               f"{j['frechet_reconstructions']:.4f}, training images {j['frechet_training_images']:.4f}")
     for c in showo.get("captions", [])[:3]:  # free text has no exact answer: a few for a person to read
-        print(f"caption of a {showo['split']} image: {c['generated']!r} (one truth: {c['truth']!r})")
+        print(f"caption: {c['generated']!r} (one truth: {c['truth']!r})")
     print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
     print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
 

@@ -28,7 +28,7 @@ README_KEYS = {"tokenizer": ["psnr", "usage", "codebook_size"],
 @pytest.fixture
 def tiny_recipes(monkeypatch, tmp_path):
     """The real pipeline code with tiny presets (the same dicts the job reads), and the judge cached here."""
-    for dataset in ("cifar10", "coco"):
+    for dataset in ("cifar10", "coco", "folder"):
         monkeypatch.setitem(config.TOKENIZER_PRESETS, dataset, dict(config.TOKENIZER_PRESETS[dataset], **TINY_TOKENIZER))
         monkeypatch.setitem(config.SHOWO_PRESETS, dataset, dict(config.SHOWO_PRESETS[dataset], **TINY_SHOWO))
         monkeypatch.setitem(config.PIPELINE_STAGES, dataset, {1: 2, 2: 1, 3: 2})
@@ -78,3 +78,20 @@ def test_coco_pipeline_captions_held_out_images_and_draws_held_out_captions(tiny
     assert all(set(c) == {"generated", "truth"} for c in metrics["showo"]["captions"])
     for picture in ("samples.png", "steps.png", "losses.png"):
         assert Image.open(tmp_path / "run" / picture).width > 0
+
+
+def test_folder_pipeline_has_no_held_out_split_and_says_so(tiny_recipes, tmp_path, capsys):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(16):  # 16 noisy squares, red or blue, each with its caption
+        colour = "red" if i % 2 else "blue"
+        pixels = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
+        pixels[..., 0 if colour == "red" else 2] += 180
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a {colour} square"}))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines))
+    metrics = train.main(["--dataset", "folder", "--data-dir", str(tmp_path), "--preset", "cpu",
+                          "--out", str(tmp_path / "run")])
+    assert metrics["tokenizer"]["split"] == "all" and metrics["tokenizer"]["images"] == 16
+    assert "tokenizer on the folder's own images (it has no held-out split)" in capsys.readouterr().out
