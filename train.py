@@ -40,14 +40,15 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
 
 import data
-from config import (FROM_TOKENIZERS, GPU_PIPELINES, PIPELINE_STAGES, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
-                    TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, as_flags,
-                    config_from_args)
+from config import (FROM_TOKENIZERS, GPU_PIPELINES, PIPELINE_STAGES, RESUME_MUST_MATCH, SHOWO_PRESETS,
+                    SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig,
+                    add_config_arguments, as_flags, check_run_options, config_from_args)
 from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
 from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, joint_loss,
@@ -505,17 +506,20 @@ def pipeline_recipe(args):
     if gpu and not torch.cuda.is_available():
         print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
     recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
-    slot = preset.get("slot_embedding", False) if args.job_slot_embedding is None else args.job_slot_embedding
-    conv = preset.get("text_conv", 0) if args.job_text_conv is None else args.job_text_conv
+    # the dataset's additions: its preset's, else the model's own defaults (off)
+    preset_slot = preset.get("slot_embedding", ShowoConfig.slot_embedding)
+    preset_conv = preset.get("text_conv", ShowoConfig.text_conv)
+    slot = preset_slot if args.job_slot_embedding is None else args.job_slot_embedding
+    conv = preset_conv if args.job_text_conv is None else args.job_text_conv
     try:  # the model's own check, before the tokenizer's minutes of training rather than after
         ShowoConfig(text_conv=conv)
     except ValueError as e:
         sys.exit(f"error: {e}")
     suffix = "-gpu" if gpu else ""
     suffix += (f"-seed{args.job_seed}" if args.job_seed else "") + (f"-limit{args.job_limit}" if args.job_limit else "")
-    if slot != preset.get("slot_embedding", False):
+    if slot != preset_slot:
         suffix += "-slot" if slot else "-noslot"
-    if conv != preset.get("text_conv", 0):
+    if conv != preset_conv:
         suffix += f"-textconv{conv}"
     data_flags = ["--dataset", dataset] + (["--data-dir", args.job_data_dir] if args.job_data_dir else [])
     data_flags += ["--seed", str(args.job_seed)] + (["--limit", str(args.job_limit)] if args.job_limit else [])
@@ -576,10 +580,13 @@ def main(argv=None):
     add_config_arguments(showo, ShowoTrainConfig, {**SHOWO_PRESETS, **stage_mixes}, "data", skip=FROM_TOKENIZERS)
     args = parser.parse_args(argv)
     if args.command is None:
-        if (args.job_dataset == "shapes") == (args.job_data_dir is not None):  # the world is generated
-            parser.error(f"--data-dir is {'not ' * (args.job_dataset == 'shapes')}needed for {args.job_dataset}")
-        if args.job_limit is not None and args.job_limit < 1:
-            parser.error("--limit must be at least 1")
+        if args.job_dataset == "shapes" and args.job_data_dir is not None:  # the world is generated
+            parser.error("--data-dir is not needed for shapes")
+        try:  # the trainers' own check of the data options, before any part starts
+            check_run_options(SimpleNamespace(dataset=args.job_dataset, data_dir=args.job_data_dir,
+                                              limit=args.job_limit), ())
+        except ValueError as e:
+            parser.error(str(e))
         return main_job(args, tok, showo)
     if any(getattr(args, a.dest) != a.default for a in job._group_actions):
         parser.error("options before a command belong to the main job: put the command's own options after "
