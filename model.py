@@ -55,6 +55,7 @@ class ShowoConfig:
     # Additions for a small model trained from scratch (not in the paper; off = Show-o as published)
     slot_embedding: bool = False   # [MASK] slots add a learned embedding of their place on the grid
     text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings
+    code_bits: bool = False        # image codes add a learned projection of their K bits (+-1), as LFQ made them
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "mlp_ratio", "max_text", "image_tokens"):
@@ -167,6 +168,7 @@ class Showo(nn.Module):
         # our additions (section below), None when off: then this is Show-o's model as published
         self.slot_embedding = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.slot_embedding else None
         self.text_conv = TextConv(cfg.n_embd, cfg.text_conv) if cfg.text_conv else None
+        self.code_bits = nn.Linear(self.space.codebook_size.bit_length() - 1, cfg.n_embd, bias=False) if cfg.code_bits else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
@@ -215,7 +217,7 @@ class Showo(nn.Module):
         positions = torch.arange(past, past + L, device=ids.device)                   # (L,) one table for all rows
         cos, sin = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (L, D/2)
         x = self.embed(ids)  # (B, L, C)
-        if self.slot_embedding is not None or self.text_conv is not None:
+        if self.slot_embedding is not None or self.text_conv is not None or self.code_bits is not None:
             x = x + self.additions(ids, x, cache, past)
         for block in self.blocks:
             x = block(x, mask, (cos, sin), cache)
@@ -237,6 +239,10 @@ class Showo(nn.Module):
             extra = extra + mix * (slot < 0)[..., None]
             if cache is not None:
                 cache.tail = tail
+        if self.code_bits is not None:  # code c's bits b_k = (c >> k) & 1, as +-1: LFQ's code vector
+            code = (ids - self.space.image_offset).clamp(0, self.space.codebook_size - 1)  # (B, L)
+            bits = (code[..., None] >> torch.arange(self.code_bits.in_features, device=ids.device)) & 1  # (B, L, K)
+            extra = extra + self.code_bits(bits.float() * 2 - 1) * self.space.is_image_code(ids)[..., None]
         return extra
 
 

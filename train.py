@@ -49,7 +49,7 @@ import data
 from config import (FROM_TOKENIZERS, GPU_PIPELINES, PIPELINE_STAGES, RESUME_MUST_MATCH, SHOWO_PRESETS,
                     SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig,
                     add_config_arguments, as_flags, check_run_options, config_from_args)
-from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch
+from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch, training_rows
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
 from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, joint_loss,
                    load_showo, optimizer_groups, showo_checkpoint)
@@ -410,7 +410,7 @@ def train_showo(cfg):
     text_tok, image_size, files = showo_tokenizers(cfg)
     # Data: images become codes once (cached); rows are built per step from codes and text.
     train_ds, eval_ds, held_out = load_splits(cfg, image_size, cfg.eval_rows, "losses")
-    train_rows = TaskRows(train_ds, image_codes(train_ds, cfg.tokenizer, device), text_tok, cfg.model, cfg.stage)
+    train_rows = training_rows(train_ds, text_tok, cfg, device)  # with --mirror / --hide-codes when asked for
     eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, cfg.model, cfg.stage)
     model, optimizer, step, resumed = showo_and_optimizer(cfg, ckpt_path, device, files)
     trim_log(log_path, step, resumed)

@@ -17,6 +17,7 @@ import hashlib
 import os
 import random
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,12 +30,14 @@ from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkp
 TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (config.TaskMix's fractions)
 
 
-def image_codes(ds, tokenizer_path, device):
+def image_codes(ds, tokenizer_path, device, mirrored=False):
     """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
     never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
     the images themselves: other data (another folder, another --limit or seed) gets another file.
+    mirrored=True: the codes of the images flipped left to right (TaskRows' mirrored_codes).
     -> (N, h*w) int64 codes."""
-    images_digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
+    images = np.ascontiguousarray(ds.images[:, :, ::-1]) if mirrored else ds.images  # (N, H, W, 3), W flipped
+    images_digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
     key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
     cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
     if os.path.exists(cache):
@@ -49,13 +52,20 @@ def image_codes(ds, tokenizer_path, device):
     model.to(device)
     codes = []
     for i in tqdm(range(0, len(ds), 256), desc=f"tokenizing {ds.name} {ds.split}", dynamic_ncols=True):
-        x = images_to_tensor(ds.images[i:i + 256]).to(device)
+        x = images_to_tensor(images[i:i + 256]).to(device)
         with torch.no_grad(), autocast(device):
             codes.append(model.encode(x).flatten(1).cpu())  # (b, h, w) -> (b, h*w), row-major
     codes = torch.cat(codes).to(torch.int32)  # half the disk of int64; 2^K <= 2^24 fits
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     atomic_save(codes, cache)
     return codes.long()
+
+
+def training_rows(ds, text_tokenizer, cfg, device):
+    """The TaskRows of a training run (cfg: config.ShowoTrainConfig), its augmentations included."""
+    codes = image_codes(ds, cfg.tokenizer, device)
+    mirrored = image_codes(ds, cfg.tokenizer, device, mirrored=True) if cfg.mirror else None
+    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, mirrored, cfg.hide_codes)
 
 
 class TaskRows:
@@ -65,11 +75,33 @@ class TaskRows:
       cifar10    class name (stage 1),         "a photo of a cat"        "what is this?" -> "cat"
                  else "a photo of a cat"
       coco       one of the captions           one of the captions       "describe the image." -> caption
+
+    Two augmentations for training rows, both off unless asked for (they fight memorising: a
+    small model that sees each CIFAR-10 image's 64 codes a few times learns their classes by heart):
+      mirrored_codes   each row shows the image or, with probability 1/2, its left-right mirror
+      hide_codes       an understanding row hides a share u ~ U(0, hide_codes) of its image's codes
+                       behind [MASK], so no single code can be what the answer is learnt from
     """
 
-    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage):
+    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, mirrored_codes=None, hide_codes=0.0):
         self.ds, self.codes, self.tok, self.stage = ds, codes, text_tokenizer, stage
         self.space, self.max_text, self.max_len = model_cfg.space, model_cfg.max_text, model_cfg.max_len
+        self.mirrored_codes, self.hide_codes = mirrored_codes, hide_codes
+
+    def codes_of(self, i, rng):
+        """The image codes row i shows: its own, or its mirror's when mirrored_codes is on (which
+        draws from rng only then, so with it off every other draw stays as it was)."""
+        if self.mirrored_codes is not None and rng.random() < 0.5:
+            return self.mirrored_codes[i]
+        return self.codes[i]
+
+    def hide_image_codes(self, row, rng):
+        """hide_codes: [MASK] over a share u ~ U(0, hide_codes) of an understanding row's image codes."""
+        first = row.ids.index(self.space.soi) + 1  # the row's one image follows its [SOI]
+        n = row.ids.index(self.space.eoi) - first
+        for k in rng.sample(range(n), round(rng.random() * self.hide_codes * n)):
+            row.ids[first + k] = self.space.mask
+        return row
 
     def prompt(self, i, rng):
         # Stage 1 is class-conditional where there are classes (the paper's ImageNet stage)
@@ -90,7 +122,7 @@ class TaskRows:
             return [(CIFAR_QUESTION, self.ds.class_names[self.ds.labels[i]])]
         return [(COCO_QUESTION, rng.choice(self.ds.captions[i]))]
 
-    def dialogue(self, i, rng):
+    def dialogue(self, i, codes, rng):
         """A question -> answer row with as many turns as fit in the text of one full span
         (max_text + 2 ids), so it is never longer than a text-to-image row (ShowoConfig.max_len)."""
         turns, used = [], 0
@@ -101,20 +133,26 @@ class TaskRows:
                 continue  # a shorter pair further on may still fit
             turns.append(turn)
             used += length
-        return self.space.dialogue(self.codes[i], turns, self.max_text)
+        return self.space.dialogue(codes, turns, self.max_text)
 
     def row(self, task, i, rng, cond_dropout=0.0):
         """The row of one task (one of TASK_NAMES) for item i. With probability cond_dropout a
         text-to-image prompt is replaced by the empty one: the unconditional model that
         classifier-free guidance needs is the same network, trained on those rows."""
-        enc, codes = self.tok.encode, self.codes[i]
+        row = self.unaugmented_row(task, i, self.codes_of(i, rng), rng, cond_dropout)
+        if task in ("caption", "vqa") and self.hide_codes > 0:
+            return self.hide_image_codes(row, rng)
+        return row
+
+    def unaugmented_row(self, task, i, codes, rng, cond_dropout):
+        enc = self.tok.encode
         if task == "t2i":
             text = "" if rng.random() < cond_dropout else self.prompt(i, rng)
             return self.space.t2i(enc(text), codes, self.max_text)
         if task == "caption":
             return self.space.mmu(codes, [], enc(self.caption(i, rng)), self.max_text)
         if task == "vqa":
-            return self.dialogue(i, rng)
+            return self.dialogue(i, codes, rng)
         if task == "lm":
             return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")

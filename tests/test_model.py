@@ -54,8 +54,8 @@ def test_qk_norm_is_per_head_and_before_rope():
 def test_default_config_is_show_o_as_published():
     # no argument builds the paper's model: 1D RoPE, per-head QK-Norm, none of our additions
     model = Showo(ShowoConfig())
-    assert model.slot_embedding is None and model.text_conv is None
-    assert not any(name.startswith(("slot_embedding", "text_conv")) for name, _ in model.named_parameters())
+    assert model.slot_embedding is None and model.text_conv is None and model.code_bits is None
+    assert not any(name.startswith(("slot_embedding", "text_conv", "code_bits")) for name, _ in model.named_parameters())
     attn = model.blocks[0].attn
     assert attn.q_norm.normalized_shape == attn.k_norm.normalized_shape == (attn.head_dim,)
 
@@ -145,6 +145,24 @@ def test_slot_embedding_reaches_masked_slots_only():
         ids, _, _ = SPACE.pad_rows([row])
         with torch.no_grad():
             assert torch.allclose(model(ids)[0], plain(ids)[0]) != changed, row.ids
+
+
+def test_code_bits_add_a_linear_map_of_each_codes_bits_to_image_codes_only():
+    # code c (K = 4 bits here) gets W (2 b(c) - 1), b_k(c) = (c >> k) & 1; text, specials and [MASK] get nothing
+    model = tiny_model(code_bits=True)
+    assert model.code_bits.in_features == 4
+    ids, _, _ = SPACE.pad_rows([SPACE.t2i([1, 2], torch.tensor([0, 5, 15, 5])), SPACE.t2i([3], 4)])
+    x = model.embed(ids)
+    with torch.no_grad():
+        extra = model.additions(ids, x, None, 0)
+    W = model.code_bits.weight                                      # (C, K)
+    for (b, p), i in zip(torch.cartesian_prod(torch.arange(2), torch.arange(ids.shape[1])).tolist(), ids.flatten()):
+        code = int(i) - SPACE.image_offset
+        if 0 <= code < SPACE.codebook_size:
+            bits = torch.tensor([2.0 * ((code >> k) & 1) - 1 for k in range(4)])
+            torch.testing.assert_close(extra[b, p], W @ bits)
+        else:
+            assert not extra[b, p].any(), SPACE.describe([i])
 
 
 def batch(rows, seed=0):

@@ -286,3 +286,45 @@ def test_checkpoints_hold_the_papers_model_unless_the_preset_adds_to_it(showo_ru
     for name, value in ckpt["config"].items():
         if name not in said | from_tokenizers:
             assert value == getattr(paper, name), name
+
+
+def test_mirrored_codes_are_the_codes_of_the_flipped_images(tokenizer):
+    import data
+    from tokenizer import images_to_tensor, load_image_tokenizer
+    ds = data.load("shapes", "train", image_size=16, limit=8)
+    mirrored = image_codes(ds, tokenizer, torch.device("cpu"), mirrored=True)
+    model, _ = load_image_tokenizer(tokenizer)
+    with torch.no_grad():
+        flipped = model.encode(images_to_tensor(ds.images).flip(3)).flatten(1)  # (B, 3, H, W): W flipped
+    assert torch.equal(mirrored, flipped) and not torch.equal(mirrored, image_codes(ds, tokenizer, torch.device("cpu")))
+
+
+def test_augmented_rows_show_the_mirror_half_the_time_and_hide_only_understanding_codes(tokenizer):
+    """--mirror and --hide-codes (data/tasks.py, TaskRows): a row shows one of the two versions of
+    its image, and only captions and answers see [MASK]s in it, never more than hide_codes of them;
+    everything else in the row stays what it was."""
+    import random
+    import data
+    from tokenizer import TextTokenizer
+    ds = data.load("shapes", "train", image_size=16, limit=4)
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
+    space = model_cfg.space
+    codes = torch.arange(16).repeat(4, 1)                 # (4 images, 16 codes)
+    plain = TaskRows(ds, codes, text, model_cfg, stage=3)
+    hiding = TaskRows(ds, codes, text, model_cfg, stage=3, hide_codes=0.5)
+    hidden = []
+    for seed in range(150):
+        task = ("t2i", "caption", "vqa")[seed % 3]
+        row, reference = (rows.row(task, seed % 4, random.Random(seed)) for rows in (hiding, plain))
+        changed = [k for k, (a, b) in enumerate(zip(row.ids, reference.ids)) if a != b]
+        assert len(row.ids) == len(reference.ids) and row.text_targets == reference.text_targets
+        assert all(row.ids[k] == space.mask and space.is_image_code(torch.tensor(reference.ids[k])) for k in changed)
+        if task == "t2i":
+            assert not changed
+        else:
+            hidden.append(len(changed))
+    assert max(hidden) <= 8 and min(hidden) == 0 and sum(hidden) / len(hidden) > 2  # u ~ U(0, 0.5) of 16
+    mirroring = TaskRows(ds, codes, text, model_cfg, stage=3, mirrored_codes=31 - codes)  # told apart by value
+    first_codes = [mirroring.row("caption", 0, random.Random(seed)).ids[2] - space.image_offset for seed in range(200)]
+    assert set(first_codes) == {0, 31} and 70 < first_codes.count(31) < 130  # 1/2 of 200, within 4 sd
