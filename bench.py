@@ -32,8 +32,9 @@ sums (forward 1x, backward 2x).
 what was learned): text-to-image with 64 and 256 image tokens by MaskGIT with T = 8 and 16 steps
 against an autoregressive baseline that decodes the same tokens one at a time, in raster order,
 with a KV cache, on the same model (forward passes and wall-clock ratio; no guidance on either
-side); captioning with and without the KV cache (32 new tokens after an 84-token prefix); and
-MaskGIT images/s against batch size.
+side); captioning with and without the KV cache (32 new tokens after an 84-token prefix); MaskGIT after a
+40-token prompt with the prompt's keys and values computed once (the default) or at every step;
+and MaskGIT images/s against batch size.
 """
 import argparse
 import json
@@ -46,10 +47,10 @@ from pathlib import Path
 
 import torch
 
-from model import (IGNORE, KVCache, Showo, ShowoConfig, autodetect_device, generate_images, generate_text,
-                   joint_loss, mask_image_tokens, optimizer_groups, sample_next, training_labels)
+from config import SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, autodetect_device, make_config
+from model import (IGNORE, KVCache, Showo, ShowoConfig, device_generator, generate_images, generate_text, joint_loss,
+                   mask_image_tokens, optimizer_groups, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer
-from config import SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, make_config
 from train import batch_losses
 
 
@@ -327,9 +328,10 @@ def autoregressive_images(model, prompts, generator):
         row.ids.pop()
         row.text_targets.pop()
     ids, _, _ = space.pad_rows(rows, left=True)
-    cache = KVCache()
+    cache, device = KVCache(), next(model.parameters()).device
+    generator = device_generator(generator, device)  # the samplers' seeding rule: draws on the model's device
     # one pass over the prompt fills the cache; then each image token is one single-token pass
-    logits, _ = model(ids.to(next(model.parameters()).device), cache=cache)
+    logits, _ = model(ids.to(device), cache=cache)
     codes = []
     for _ in range(n):
         code = sample_next(logits[:, -1, space.image_offset:space.mask], 1.0, None, generator)
@@ -339,7 +341,8 @@ def autoregressive_images(model, prompts, generator):
 
 
 def sample_case(image_tokens, repeats, batch, device):
-    """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size."""
+    """Wall time of MaskGIT (T = 8, 16) and of autoregressive decoding for one image size, and of
+    MaskGIT (T = 8) after a 40-token prompt with and without the cached prompt."""
     model = bench_model("medium", device, image_tokens).eval()
     prompts = [list(range(16))] * batch  # 16 text ids: a typical prompt's length
     g = torch.Generator().manual_seed(0)
@@ -348,6 +351,10 @@ def sample_case(image_tokens, repeats, batch, device):
     for steps in (8, 16):
         out[f"maskgit_T{steps}_s"] = median_time(lambda: generate_images(model, prompts, steps=steps, generator=g),
                                                  repeats, device)
+    long_prompts = [list(range(40))] * batch  # the longest prompt a row holds (max_text)
+    for cached in (True, False):
+        out[f"prompt40_cached_{cached}_s"] = median_time(
+            lambda: generate_images(model, long_prompts, steps=8, generator=g, cache_prompt=cached), repeats, device)
     return out
 
 
@@ -355,7 +362,7 @@ def bench_sample(args):
     """`bench.py sample`: MaskGIT against autoregressive decoding, the KV cache, images/s -> one dict."""
     device = autodetect_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
-    result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={})
+    result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={}, prefix_cache_speedup={})
     for n in args.image_tokens:
         r = sample_case(n, args.repeats, args.batch, device)
         for steps in (8, 16):
@@ -364,6 +371,10 @@ def bench_sample(args):
             result["forward_passes"][f"{n}_tokens_T{steps}"] = dict(maskgit=steps, autoregressive=n + 1)
             print(f"{n:4d} image tokens, batch {args.batch}: MaskGIT T={steps:2d} {r[f'maskgit_T{steps}_s'] * 1e3:8.1f} ms "
                   f"({steps} passes) vs autoregressive {r['ar_s'] * 1e3:8.1f} ms ({n + 1} passes): {speedup:.1f}x")
+        cached, recomputed = r["prompt40_cached_True_s"], r["prompt40_cached_False_s"]
+        result["prefix_cache_speedup"][f"{n}_tokens"] = round(recomputed / cached, 2)
+        print(f"{n:4d} image tokens after a 40-token prompt, MaskGIT T=8: prompt computed once {cached * 1e3:8.1f} ms "
+              f"vs every step {recomputed * 1e3:8.1f} ms: {recomputed / cached:.2f}x")
 
     model = bench_model("medium", device).eval()
     space = model.space

@@ -1,6 +1,7 @@
 """
 Every option of the training programs, in one place: one dataclass per config, a preset per
-dataset, the paper's three stages as batch mixes, and the command line generated from them.
+dataset, the paper's three stages as batch mixes, the main job's recipe per dataset, the command
+line generated from them, and the device a run uses.
 
     python train.py showo --help         # the options, grouped: model, additions, batch mix, data, stage, ...
     from config import ShowoTrainConfig, make_config, SHOWO_PRESETS
@@ -16,7 +17,10 @@ dataclass ("# optimisation") opens a group of --help. Every config checks its ow
 import argparse
 import inspect
 import re
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
+
+import torch
 
 import data
 from data.tasks import TASK_NAMES
@@ -178,8 +182,9 @@ SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, s
                  # bits, against a small model learning its images' classes by heart (docs/findings.md)
                  "cifar10": dict(max_steps=2000, mirror=True, hide_codes=0.5, code_bits=True),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
-SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "mirror", "hide_codes", "stage", "batch_size", "seed", "lr", "weight_decay",
-                           "warmup_steps", "min_lr_frac", "max_steps", "grad_clip") + tuple(f.name for f in fields(TaskMix))
+SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "mirror", "hide_codes", "stage", "batch_size", "seed", "lr",
+                           "weight_decay", "warmup_steps", "min_lr_frac", "max_steps", "grad_clip")
+SHOWO_RESUME_MUST_MATCH += tuple(f.name for f in fields(TaskMix))
 FROM_TOKENIZERS = ("text_vocab_size", "codebook_size", "image_tokens")  # ShowoConfig fields the tokenizers fix
 
 
@@ -203,6 +208,40 @@ GPU_PIPELINES = {
                  showo=dict(n_layer=8, n_embd=512, n_head=8, compile=True), stages={1: 1000, 2: 500, 3: 1000}),
 }
 GPU_PIPELINES["folder"] = GPU_PIPELINES["coco"]
+
+
+def pipeline_recipe(args):
+    """The main job's options -> (run folder, tokenizer flags, flags of every stage, steps per stage).
+    The dataset's presets decide everything else; a changed part gets its own run folder (a suffix per
+    change), so it never resumes from, or collides with, another recipe's checkpoints."""
+    dataset, preset = args.job_dataset, SHOWO_PRESETS[args.job_dataset]
+    asked = args.job_preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    gpu = asked == "gpu" and dataset in GPU_PIPELINES
+    if args.job_preset == "gpu" and not gpu:
+        sys.exit(f"error: there is no GPU preset for {dataset}; its CPU recipe runs as fast on a GPU")
+    if gpu and not torch.cuda.is_available():
+        print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
+    recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
+    # the dataset's additions: its preset's, else the model's own defaults (off)
+    preset_slot = preset.get("slot_embedding", ShowoConfig.slot_embedding)
+    preset_conv = preset.get("text_conv", ShowoConfig.text_conv)
+    slot = preset_slot if args.job_slot_embedding is None else args.job_slot_embedding
+    conv = preset_conv if args.job_text_conv is None else args.job_text_conv
+    try:  # the model's own check, before the tokenizer's minutes of training rather than after
+        ShowoConfig(text_conv=conv)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    suffix = "-gpu" if gpu else ""
+    suffix += (f"-seed{args.job_seed}" if args.job_seed else "") + (f"-limit{args.job_limit}" if args.job_limit else "")
+    if slot != preset_slot:
+        suffix += "-slot" if slot else "-noslot"
+    if conv != preset_conv:
+        suffix += f"-textconv{conv}"
+    data_flags = ["--dataset", dataset] + (["--data-dir", args.job_data_dir] if args.job_data_dir else [])
+    data_flags += ["--seed", str(args.job_seed)] + (["--limit", str(args.job_limit)] if args.job_limit else [])
+    showo_flags = data_flags + as_flags(dict(recipe["showo"], slot_embedding=slot, text_conv=conv))
+    return (args.job_out or f"out/{dataset}{suffix}", data_flags + as_flags(recipe["tokenizer"]), showo_flags,
+            recipe["stages"])
 
 
 # -----------------------------------------------------------------------------
@@ -292,3 +331,28 @@ def as_flags(options):
         elif value is not None:  # None: the option's own default, so no flag
             flags += [flag, ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)]
     return flags
+
+
+# -----------------------------------------------------------------------------
+# The device a run uses (`--device`; sample.py and evaluate.py take the same option)
+
+
+def autodetect_device(requested="auto"):
+    """cuda -> mps -> cpu, unless the user asked for one."""
+    if requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            sys.exit(f"error: --device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            sys.exit(f"error: --device {requested} asked for, but CUDA is not available here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            sys.exit(f"error: --device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            sys.exit("error: --device mps asked for, but MPS is not available here")
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

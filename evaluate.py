@@ -55,7 +55,8 @@ import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category
 from data.shapes_scorer import score
-from model import atomic_save, autocast, autodetect_device, file_digest, generate_images, generate_text
+from config import autodetect_device
+from model import atomic_save, autocast, file_digest, generate_images, generate_text
 from sample import Pipeline, image_grid, labelled_grid, plot_losses, steps_strip
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 

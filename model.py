@@ -17,15 +17,14 @@ weights them (section 3.3, equation 4).
 Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, RoPE positions, and
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
-of very different statistics share one softmax. `ShowoConfig()` is that model. Two additions of
-ours for a toy model trained from scratch, each one option and off by default, live together in
-the "Additions" section below: a learned grid-slot embedding for [MASK] tokens (slot_embedding)
-and a short causal convolution over text embeddings (text_conv).
+of very different statistics share one softmax. `ShowoConfig()` is that model. Our additions for a
+toy model trained from scratch, each one option and off by default, live in the "Additions" section
+below: a learned grid-slot embedding for [MASK] tokens (slot_embedding), a short causal convolution
+over text embeddings (text_conv), and a learned map of each image code's K bits (code_bits).
 """
 import hashlib
 import math
 import os
-import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -41,7 +40,7 @@ IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_ind
 
 @dataclass
 class ShowoConfig:
-    """Show-o as published by default. The two options under "Additions" are ours (section below)."""
+    """Show-o as published by default. The options under "Additions" are ours (section below)."""
     text_vocab_size: int = 512     # ids of the BPE text tokenizer           } set from the tokenizers
     codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer    } by train.py, not by hand
     image_tokens: int = 64         # tokens per image (h * w of its grid)    }
@@ -141,10 +140,11 @@ class KVCache:
     """The keys and values every layer has computed so far, so text decoding runs each new token
     through the model once instead of re-running the whole sequence per token (the public Show-o
     code recomputes everything). `visible` (B, L_past) marks which cached positions are real tokens
-    (padding stays hidden from every later token)."""
+    (padding stays hidden from every later token). A frozen cache is read and never extended: MaskGIT
+    runs every step's canvas after the one cached prompt (generate_images)."""
 
     def __init__(self):
-        self.kv, self.visible = {}, None
+        self.kv, self.visible, self.frozen = {}, None, False
         self.tail = None  # TextConv: the embeddings of the last few tokens, for the next token's mix
 
     @property
@@ -155,7 +155,8 @@ class KVCache:
         if layer in self.kv:
             past_k, past_v = self.kv[layer]
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        self.kv[layer] = (k, v)
+        if not self.frozen:
+            self.kv[layer] = (k, v)
         return k, v
 
 
@@ -168,7 +169,7 @@ class Showo(nn.Module):
         # our additions (section below), None when off: then this is Show-o's model as published
         self.slot_embedding = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.slot_embedding else None
         self.text_conv = TextConv(cfg.n_embd, cfg.text_conv) if cfg.text_conv else None
-        self.code_bits = nn.Linear(self.space.codebook_size.bit_length() - 1, cfg.n_embd, bias=False) if cfg.code_bits else None
+        self.code_bits = nn.Linear(cfg.codebook_size.bit_length() - 1, cfg.n_embd, bias=False) if cfg.code_bits else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
@@ -200,18 +201,18 @@ class Showo(nn.Module):
             projects only the positions that carry a loss.
 
         With a KVCache, ids continue the sequence the cache holds: an empty cache is filled with the
-        whole prefix (under its omni-attention mask); later calls pass only new TEXT tokens, which
-        see every earlier real token and each other causally, exactly what the omni mask gives text
-        that follows everything already in the sequence."""
+        whole prefix (under its omni-attention mask); later calls pass new tokens, which see every
+        earlier real token and each other by the omni rule (text causally, an image span wholly):
+        exactly the full row's mask, as long as nothing cached attends to them, which holds for text
+        that follows everything cached and for an image after its prompt."""
         B, L = ids.shape
         past = 0 if cache is None else cache.length
         if past == 0:
             mask = self.attention_mask(ids)
         else:
-            new = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()      # (L, L) causal among the new
             mask = torch.cat([cache.visible[:, None, None, :].expand(B, 1, L, past),
-                              new.expand(B, 1, L, L)], dim=-1)                        # (B, 1, L, past + L)
-        if cache is not None:
+                              omni_attention_mask(ids, self.space)], dim=-1)          # (B, 1, L, past + L)
+        if cache is not None and not cache.frozen:
             visible = ids != self.space.pad
             cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
         positions = torch.arange(past, past + L, device=ids.device)                   # (L,) one table for all rows
@@ -237,7 +238,7 @@ class Showo(nn.Module):
         if self.text_conv is not None:  # text only (every token outside an image span); [PAD] adds nothing
             mix, tail = self.text_conv(x * (ids != self.space.pad)[..., None], None if past == 0 else cache.tail)
             extra = extra + mix * (slot < 0)[..., None]
-            if cache is not None:
+            if cache is not None and not cache.frozen:
                 cache.tail = tail
         if self.code_bits is not None:  # code c's bits b_k = (c >> k) & 1, as +-1: LFQ's code vector
             code = (ids - self.space.image_offset).clamp(0, self.space.codebook_size - 1)  # (B, L)
@@ -265,6 +266,10 @@ def image_slot_index(ids, space):
 # fills ("the top left") without first finding [SOI]. A learned embedding per grid slot, added to
 # [MASK] tokens only (Showo.additions), hands it that. Known codes carry their own content; added to
 # them too, it stops a small model from learning yes/no existence questions (docs/findings.md).
+# code_bits: to the model an image code is an arbitrary id whose embedding is learned only from the
+# rows it occurs in, a few hundred for most of CIFAR-10's 4,096 codes. LFQ made every code from K signs,
+# and codes that share most signs decode alike; a learned map of the signs, added to each image code,
+# hands the model that likeness from the first step (docs/findings.md: held-out MTP loss 6.99 -> 6.67).
 
 
 class TextConv(nn.Module):
@@ -403,14 +408,24 @@ def classifier_free_guidance(logits, scale):
     return cond if scale == 0 else (1 + scale) * cond - scale * uncond
 
 
+def device_generator(generator, device):
+    """The samplers' one seeding rule: every draw is made on the model's device (no probability table
+    goes to the CPU), by `generator` itself when it lives there (a CPU generator on the CPU), else by
+    a generator on that device seeded with one draw from it. A seed gives the same samples on every
+    run on one kind of device; a GPU and the CPU, drawing with different generators, give different ones."""
+    if generator is None or generator.device == device:
+        return generator
+    return torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
+
+
 def gumbel(shape, generator, device):
-    u = torch.rand(shape, generator=generator).clamp(1e-20, 1 - 1e-7).to(device)
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
     return -torch.log(-torch.log(u))
 
 
 @torch.no_grad()
 def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, known=None, generator=None,
-                    record=False):
+                    record=False, cache_prompt=True):
     """Text-to-image by iterative parallel decoding (MaskGIT), with Show-o's layout.
 
     prompts: B lists of text ids (an empty list is the unconditional prompt).
@@ -425,6 +440,9 @@ def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, kno
     (Show-o's code multiplies it again every step, so its annealing compounds; this one does not).
     The clamp makes every step fix at least one token of every row still being drawn, and the loop
     stops as soon as no slot is masked: with more steps than tokens, no forward pass is wasted.
+    cache_prompt: under omni-attention the prompt never attends to the image, so its keys and values
+    are the same at every step; they are computed once (a frozen KVCache) and each step runs only
+    [SOI] canvas [EOI]. The same images as recomputing the whole row (False), at less cost.
     Returns codes (B, N) and, with record=True, the canvas after every step taken as a list of
     (B, N) tensors with -1 at masked slots."""
     space, n = model.space, model.cfg.image_tokens
@@ -441,27 +459,32 @@ def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, kno
     # give it the one longest length, as in training.
     ids, _, _ = space.pad_rows(rows, model.cfg.max_len if model.cfg.flex_attention else None)
     ids = ids.to(device)
-    slots = slice(ids.shape[1] - 1 - n, ids.shape[1] - 1)
     known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
     if known.shape != (B, n):
         raise ValueError(f"known codes must be ({B}, {n}), got {tuple(known.shape)}")
     if known.numel() and (known.min() < -1 or known.max() >= space.codebook_size):
         raise ValueError(f"known codes must be -1 (generate) or in [0, {space.codebook_size})")
-    known = known.to(device)
+    known, generator = known.to(device), device_generator(generator, device)
     to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
+    start, cache = (ids.shape[1] - n - 2, KVCache()) if cache_prompt else (0, None)  # ids[:, start] = [SOI]
+    if cache_prompt and (known < 0).any():
+        model(ids[:, :start], cache=cache)  # the prompt, once: [T2I] [SOT] prompt [EOT], left-padded
+        cache.frozen = True
+    span = ids[:, start:]                # what each step runs (a view: writing the canvas writes ids)
+    slots = slice(span.shape[1] - 1 - n, span.shape[1] - 1)  # its image slots, before the final [EOI]
     history = []
     for step in range(steps):
         if not (known < 0).any():        # every slot is fixed: nothing left to draw
             break
         canvas = torch.where(known >= 0, known + space.image_offset, torch.full_like(known, space.mask))  # (B, n)
-        ids[:, slots] = canvas.repeat(len(rows) // B, 1)
-        logits, _ = model(ids)
+        span[:, slots] = canvas.repeat(len(rows) // B, 1)
+        logits, _ = model(span, cache=cache)
         logits = logits[:, slots, space.image_offset:space.mask].float()  # (B or 2B, n, C) codes only
         if guidance > 0:
             logits = classifier_free_guidance(logits, guidance)
         log_probs = logits.log_softmax(-1)
-        sampled = torch.multinomial(log_probs.exp().view(B * n, -1).cpu(), 1, generator=generator).view(B, n)
-        sampled = torch.where(known >= 0, known, sampled.to(device))
+        sampled = torch.multinomial(log_probs.exp().view(B * n, -1), 1, generator=generator).view(B, n)
+        sampled = torch.where(known >= 0, known, sampled)
         confidence = log_probs.gather(-1, sampled[..., None])[..., 0]
         confidence = torch.where(known >= 0, torch.full_like(confidence, math.inf), confidence)
         unknown = (known < 0).sum(1)                                                      # (B,)
@@ -489,7 +512,7 @@ def sample_next(logits, temperature=0.0, top_k=None, generator=None):
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]  # generator: on logits' device
 
 
 @torch.no_grad()
@@ -506,7 +529,7 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
     space = model.space
     device = next(model.parameters()).device
     ids, _, _ = space.pad_rows(prefixes, left=True)
-    ids = ids.to(device)
+    ids, generator = ids.to(device), device_generator(generator, device)
     B = len(prefixes)
     allowed = torch.zeros(space.vocab_size, dtype=torch.bool, device=device)
     allowed[:space.text_vocab_size] = True
@@ -531,28 +554,7 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
 
 
 # -----------------------------------------------------------------------------
-# Devices and checkpoints (every program imports these from here)
-
-def autodetect_device(requested="auto"):
-    """cuda -> mps -> cpu, unless the user asked for one."""
-    if requested != "auto":
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            sys.exit(f"error: --device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            sys.exit(f"error: --device {requested} asked for, but CUDA is not available here")
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            sys.exit(f"error: --device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            sys.exit("error: --device mps asked for, but MPS is not available here")
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
+# Autocast and checkpoints (every program imports these from here; the device itself: config.py)
 
 def autocast(device):
     """bf16 autocast on CUDA only; CPU and MPS run in fp32 (CPU bf16 is slow, MPS support patchy)."""

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model import autodetect_device, file_digest, generate_images, generate_text, load_showo
+from config import autodetect_device
+from model import file_digest, generate_images, generate_text, load_showo
 from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, tensor_to_images
 
 # Every task is one of the paper's uses of the same network (section 3.5): the image tasks run the
@@ -412,7 +413,8 @@ def main(argv=None):
     try:
         pipe = Pipeline(args.ckpt, args.device)
         os.makedirs(args.out, exist_ok=True)
-        # one CPU generator drives every draw (codes, Gumbel noise, text): same seed, same samples
+        # one CPU generator seeds every draw (codes, Gumbel noise, text): on the CPU it draws them
+        # itself, on a GPU it seeds one there (model.device_generator); same seed, same samples
         generator = torch.Generator().manual_seed(args.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # an over-long prompt is cut: say so every time

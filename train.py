@@ -46,13 +46,12 @@ import torch
 from tqdm import tqdm
 
 import data
-from config import (FROM_TOKENIZERS, GPU_PIPELINES, PIPELINE_STAGES, RESUME_MUST_MATCH, SHOWO_PRESETS,
-                    SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig,
-                    add_config_arguments, as_flags, check_run_options, config_from_args)
+from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
+                    TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, autodetect_device,
+                    check_run_options, config_from_args, pipeline_recipe)
 from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch, training_rows
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
-from model import (Showo, ShowoConfig, atomic_save, autocast, autodetect_device, file_digest, joint_loss,
-                   load_showo, optimizer_groups, showo_checkpoint)
+from model import Showo, atomic_save, autocast, file_digest, joint_loss, load_showo, optimizer_groups, showo_checkpoint
 from sample import image_grid
 from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
                        load_image_tokenizer)
@@ -491,41 +490,8 @@ def main_tokenizer(args, parser):
 
 
 # -----------------------------------------------------------------------------
-# The main job: `python train.py [--dataset D]`, one command for a dataset's whole pipeline
-
-
-def pipeline_recipe(args):
-    """The main job's options -> (run folder, tokenizer flags, flags of every stage, steps per stage).
-    The dataset's presets decide everything else; a changed part gets its own run folder (a suffix per
-    change), so it never resumes from, or collides with, another recipe's checkpoints."""
-    dataset, preset = args.job_dataset, SHOWO_PRESETS[args.job_dataset]
-    asked = args.job_preset or ("gpu" if torch.cuda.is_available() else "cpu")
-    gpu = asked == "gpu" and dataset in GPU_PIPELINES
-    if args.job_preset == "gpu" and not gpu:
-        sys.exit(f"error: there is no GPU preset for {dataset}; its CPU recipe runs as fast on a GPU")
-    if gpu and not torch.cuda.is_available():
-        print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
-    recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, stages=PIPELINE_STAGES[dataset])
-    # the dataset's additions: its preset's, else the model's own defaults (off)
-    preset_slot = preset.get("slot_embedding", ShowoConfig.slot_embedding)
-    preset_conv = preset.get("text_conv", ShowoConfig.text_conv)
-    slot = preset_slot if args.job_slot_embedding is None else args.job_slot_embedding
-    conv = preset_conv if args.job_text_conv is None else args.job_text_conv
-    try:  # the model's own check, before the tokenizer's minutes of training rather than after
-        ShowoConfig(text_conv=conv)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    suffix = "-gpu" if gpu else ""
-    suffix += (f"-seed{args.job_seed}" if args.job_seed else "") + (f"-limit{args.job_limit}" if args.job_limit else "")
-    if slot != preset_slot:
-        suffix += "-slot" if slot else "-noslot"
-    if conv != preset_conv:
-        suffix += f"-textconv{conv}"
-    data_flags = ["--dataset", dataset] + (["--data-dir", args.job_data_dir] if args.job_data_dir else [])
-    data_flags += ["--seed", str(args.job_seed)] + (["--limit", str(args.job_limit)] if args.job_limit else [])
-    showo_flags = data_flags + as_flags(dict(recipe["showo"], slot_embedding=slot, text_conv=conv))
-    return (args.job_out or f"out/{dataset}{suffix}", data_flags + as_flags(recipe["tokenizer"]), showo_flags,
-            recipe["stages"])
+# The main job: `python train.py [--dataset D]`, one command for a dataset's whole pipeline (its
+# recipe: config.pipeline_recipe)
 
 
 def main_job(args, tok_parser, showo_parser):

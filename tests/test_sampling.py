@@ -18,13 +18,14 @@ def model():
     return Showo(CFG).eval()
 
 
-@pytest.fixture(scope="module", params=["paper", "slot-embedding", "text-conv"])
+@pytest.fixture(scope="module", params=["paper", "slot-embedding", "text-conv", "code-bits"])
 def any_model(request):
-    """The paper's model and each of our additions: the slot embedding, and the text convolution,
-    whose cache also carries the last tokens' embeddings."""
+    """The paper's model and each of our additions: the slot embedding, the text convolution, whose
+    cache also carries the last tokens' embeddings, and the code bits."""
     torch.manual_seed(0)
     model = Showo(dataclasses.replace(CFG, slot_embedding=request.param == "slot-embedding",
-                                      text_conv=2 if request.param == "text-conv" else 0)).eval()
+                                      text_conv=2 if request.param == "text-conv" else 0,
+                                      code_bits=request.param == "code-bits")).eval()
     if model.text_conv is not None:  # it starts at zero, which would hide a wrong cache
         torch.nn.init.normal_(model.text_conv.weight)
     return model
@@ -78,7 +79,7 @@ def test_the_sampler_stops_when_nothing_is_masked(model, monkeypatch):
     codes, history = generate_images(model, [[1], [2]], steps=12, known=known,
                                      generator=torch.Generator().manual_seed(0), record=True)
     steps_with_masked = sum(int((before < 0).any()) for before in [known] + history[:-1])
-    assert len(passes) == len(history) == steps_with_masked == 5   # the row with 5 slots sets the pace
+    assert len(passes) - 1 == len(history) == steps_with_masked == 5   # the prompt once, then a pass per step
     assert (codes >= 0).all() and torch.equal(codes[:, 5:], known[:, 5:])
     passes.clear()
     generate_images(model, [[1]], steps=12, known=torch.arange(16)[None])  # nothing to draw at all
@@ -137,12 +138,29 @@ def test_guidance_runs_each_prompt_and_its_unconditional_twin_in_one_forward(mod
     known = torch.full((2, 16), -1)
     known[:, :4] = torch.arange(4)
     generate_images(model, [[1, 2], [3]], steps=3, guidance=2.0, known=known, generator=torch.Generator().manual_seed(0))
-    assert len(seen) == 3 and mixed == [(4, 2.0)] * 3  # one forward per step, over 2 prompts + 2 twins
-    for ids in seen:
-        for b in (2, 3):  # the twins: the empty prompt, as in training's condition dropout
-            assert "[T2I] [SOT] [EOT] [SOI]" in space.describe(ids[b])
-        assert torch.equal(ids[2:, -17:-1], ids[:2, -17:-1])           # twins see the same canvas
-        assert torch.equal(ids[:, -17:-13], (torch.arange(4) + space.image_offset).expand(4, 4))  # known codes
+    # the 2 prompts and their 2 twins once (the cached prompt), then one forward per step over all 4
+    assert len(seen) == 4 and mixed == [(4, 2.0)] * 3
+    for b in (2, 3):  # the twins: the empty prompt, as in training's condition dropout
+        assert space.describe(seen[0][b]).endswith("[T2I] [SOT] [EOT]")
+    for ids in seen[1:]:  # each step runs [SOI] canvas [EOI] only
+        assert ids.shape == (4, 18) and (ids[:, 0] == space.soi).all() and (ids[:, -1] == space.eoi).all()
+        assert torch.equal(ids[2:, 1:-1], ids[:2, 1:-1])               # twins see the same canvas
+        assert torch.equal(ids[:, 1:5], (torch.arange(4) + space.image_offset).expand(4, 4))  # known codes
+
+
+@pytest.mark.parametrize("tokens", [16, 64])
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_the_cached_prompt_draws_the_same_images_as_recomputing_the_row(any_model, tokens, guidance):
+    # prompts of different lengths (left-padded) and an empty one in one batch, every step recorded
+    torch.manual_seed(0)
+    model = any_model if tokens == 16 else Showo(dataclasses.replace(any_model.cfg, image_tokens=tokens)).eval()
+    if model.text_conv is not None:
+        torch.nn.init.normal_(model.text_conv.weight)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [], [9, 10, 11]]
+    cached, recomputed = (generate_images(model, prompts, steps=8, guidance=guidance, record=True, cache_prompt=c,
+                                          generator=torch.Generator().manual_seed(0)) for c in (True, False))
+    assert torch.equal(cached[0], recomputed[0]) and len(cached[1]) == len(recomputed[1]) == 8
+    assert all(torch.equal(a, b) for a, b in zip(cached[1], recomputed[1]))
 
 
 def test_bad_steps_and_guidance_are_refused(model):
@@ -233,3 +251,4 @@ def test_bench_sample_reports_speedups():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result["maskgit_over_ar_speedup"]) == {"16_tokens_T8", "16_tokens_T16"}
     assert result["kv_cache_speedup"] > 0 and result["forward_passes"]["16_tokens_T8"]["autoregressive"] == 17
+    assert set(result["prefix_cache_speedup"]) == {"16_tokens"} and result["prefix_cache_speedup"]["16_tokens"] > 0
