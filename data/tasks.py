@@ -139,12 +139,13 @@ class TaskRows:
         """The row of one task (one of TASK_NAMES) for item i. With probability cond_dropout a
         text-to-image prompt is replaced by the empty one: the unconditional model that
         classifier-free guidance needs is the same network, trained on those rows."""
-        row = self.unaugmented_row(task, i, self.codes_of(i, rng), rng, cond_dropout)
+        row = self.task_row(task, i, self.codes_of(i, rng), rng, cond_dropout)
         if task in ("caption", "vqa") and self.hide_codes > 0:
             return self.hide_image_codes(row, rng)
         return row
 
-    def unaugmented_row(self, task, i, codes, rng, cond_dropout):
+    def task_row(self, task, i, codes, rng, cond_dropout):
+        """The row of `task` for item i showing these image codes, before any hiding."""
         enc = self.tok.encode
         if task == "t2i":
             text = "" if rng.random() < cond_dropout else self.prompt(i, rng)
