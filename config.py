@@ -135,7 +135,8 @@ class ShowoTrainConfig:
     data_dir: str = None          # where cifar10/coco/folder data lives (shapes needs none)
     tokenizer: str = None         # image tokenizer checkpoint, text.tiktoken beside it (None: the one in OUT/..)
     limit: int = None             # use at most this many training images
-    mirror: bool = False          # half the training rows show the image mirrored left to right (its own codes)
+    mirror: bool = False          # training rows also show the image mirrored left to right (its own codes)
+    shift: int = 0                # ... and moved by up to this many pixels each way (data/tasks.py, training_views)
     hide_codes: float = 0.0       # understanding rows hide a share u ~ U(0, this) of their image codes behind [MASK]
     eval_rows: int = 256          # held-out rows for the periodic evaluation
     # stage (section 3.4): each stage sets the defaults of the mix options
@@ -161,6 +162,8 @@ class ShowoTrainConfig:
         check_run_options(self, ("max_steps", "batch_size", "eval_every", "eval_rows"))
         if not 0 <= self.hide_codes <= 1:
             raise ValueError(f"--hide-codes must be in [0, 1], not {self.hide_codes}")
+        if self.shift < 0:
+            raise ValueError(f"--shift must be >= 0 pixels, not {self.shift}")
         if self.stage not in SHOWO_STAGES:
             raise ValueError(f"--stage must be 1, 2 or 3, not {self.stage}")
 
@@ -178,12 +181,12 @@ SHOWO_STAGES = {
 # one, and 8 heads of 16 dimensions learn more than 4 of 32 at the same cost (docs/findings.md). The
 # two additions (model.py, "Additions") are on here; the README shows the main job without each.
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, slot_embedding=True, text_conv=3),
-                 # CIFAR-10 (10,000 training images): mirrored and partly hidden images, and codes that say their
-                 # bits, against a small model learning its images' classes by heart (docs/findings.md)
-                 "cifar10": dict(max_steps=2000, mirror=True, hide_codes=0.5, code_bits=True),
+                 # CIFAR-10 (10,000 training images): mirrored, moved and partly hidden images, and codes that say
+                 # their bits, against a small model learning its images' classes by heart (docs/findings.md)
+                 "cifar10": dict(max_steps=2000, mirror=True, shift=2, hide_codes=0.5, code_bits=True),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
-SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "mirror", "hide_codes", "stage", "batch_size", "seed", "lr",
-                           "weight_decay", "warmup_steps", "min_lr_frac", "max_steps", "grad_clip")
+SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "mirror", "shift", "hide_codes", "stage", "batch_size", "seed",
+                           "lr", "weight_decay", "warmup_steps", "min_lr_frac", "max_steps", "grad_clip")
 SHOWO_RESUME_MUST_MATCH += tuple(f.name for f in fields(TaskMix))
 FROM_TOKENIZERS = ("text_vocab_size", "codebook_size", "image_tokens")  # ShowoConfig fields the tokenizers fix
 

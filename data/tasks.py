@@ -30,13 +30,13 @@ from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkp
 TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (config.TaskMix's fractions)
 
 
-def image_codes(ds, tokenizer_path, device, mirrored=False):
+def image_codes(ds, tokenizer_path, device, images=None):
     """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
     never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
     the images themselves: other data (another folder, another --limit or seed) gets another file.
-    mirrored=True: the codes of the images flipped left to right (TaskRows' mirrored_codes).
+    images: an augmented view of ds.images (N, H, W, 3) to tokenize instead (training_views).
     -> (N, h*w) int64 codes."""
-    images = np.ascontiguousarray(ds.images[:, :, ::-1]) if mirrored else ds.images  # (N, H, W, 3), W flipped
+    images = np.ascontiguousarray(ds.images if images is None else images)
     images_digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
     key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
     cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
@@ -61,11 +61,41 @@ def image_codes(ds, tokenizer_path, device, mirrored=False):
     return codes.long()
 
 
+SHIFTED_VIEWS = 8  # --shift caches this many moved copies of the training set (one encoder pass each)
+
+
+def shifted_images(images, shift, seed):
+    """Every image moved by its own random (dy, dx) in [-shift, shift]^2, the uncovered border filled
+    by reflecting the image (black bars would be one more thing for the generator to learn to draw).
+    (N, H, W, 3) -> (N, H, W, 3)."""
+    n, h, w, _ = images.shape
+    if shift >= min(h, w) // 2:  # the border it reflects must come from inside the image
+        raise ValueError(f"--shift {shift} is too large for {h}x{w} images: at most {min(h, w) // 2 - 1} pixels")
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")  # (N, H+2s, W+2s, 3)
+    dy, dx = np.random.default_rng(seed).integers(0, 2 * shift + 1, size=(2, n))  # the crop's corner, per image
+    rows, cols = dy[:, None] + np.arange(h), dx[:, None] + np.arange(w)            # (N, H), (N, W)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, H, W, 3)
+
+
+def training_views(ds, cfg):
+    """The augmented copies of the training images that cfg asks for (config.ShowoTrainConfig):
+    --mirror, their left-right mirror; --shift P, SHIFTED_VIEWS copies moved by up to P pixels (and,
+    with --mirror as well, each image mirrored in half of them). -> [(N, H, W, 3) uint8]."""
+    views = [ds.images[:, :, ::-1]] if cfg.mirror else []                        # (N, H, W, 3), W flipped
+    for v in range(SHIFTED_VIEWS if cfg.shift else 0):
+        moved = shifted_images(ds.images, cfg.shift, seed=(cfg.seed, v))
+        if cfg.mirror:
+            flip = np.random.default_rng((cfg.seed, v, 1)).random(len(ds)) < 0.5
+            moved[flip] = moved[flip, :, ::-1]
+        views.append(moved)
+    return views
+
+
 def training_rows(ds, text_tokenizer, cfg, device):
     """The TaskRows of a training run (cfg: config.ShowoTrainConfig), its augmentations included."""
     codes = image_codes(ds, cfg.tokenizer, device)
-    mirrored = image_codes(ds, cfg.tokenizer, device, mirrored=True) if cfg.mirror else None
-    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, mirrored, cfg.hide_codes)
+    views = [image_codes(ds, cfg.tokenizer, device, images) for images in training_views(ds, cfg)]
+    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, views, cfg.hide_codes)
 
 
 class TaskRows:
@@ -78,21 +108,22 @@ class TaskRows:
 
     Two augmentations for training rows, both off unless asked for (they fight memorising: a
     small model that sees each CIFAR-10 image's 64 codes a few times learns their classes by heart):
-      mirrored_codes   each row shows the image or, with probability 1/2, its left-right mirror
-      hide_codes       an understanding row hides a share u ~ U(0, hide_codes) of its image's codes
-                       behind [MASK], so no single code can be what the answer is learnt from
+      views        the codes of augmented copies of the images (training_views: mirrored, moved);
+                   each row shows the image itself or one of its V views, each with probability 1/(V+1)
+      hide_codes   an understanding row hides a share u ~ U(0, hide_codes) of its image's codes
+                   behind [MASK], so no single code can be what the answer is learnt from
     """
 
-    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, mirrored_codes=None, hide_codes=0.0):
+    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, views=(), hide_codes=0.0):
         self.ds, self.codes, self.tok, self.stage = ds, codes, text_tokenizer, stage
         self.space, self.max_text, self.max_len = model_cfg.space, model_cfg.max_text, model_cfg.max_len
-        self.mirrored_codes, self.hide_codes = mirrored_codes, hide_codes
+        self.views, self.hide_codes = list(views), hide_codes
 
     def codes_of(self, i, rng):
-        """The image codes row i shows: its own, or its mirror's when mirrored_codes is on (which
-        draws from rng only then, so with it off every other draw stays as it was)."""
-        if self.mirrored_codes is not None and rng.random() < 0.5:
-            return self.mirrored_codes[i]
+        """The image codes row i shows: its own or one of its views' (a draw from rng only when there
+        are views, so without them every other draw stays as it was)."""
+        if self.views and (k := int(rng.random() * (1 + len(self.views)))):
+            return self.views[k - 1][i]
         return self.codes[i]
 
     def hide_image_codes(self, row, rng):

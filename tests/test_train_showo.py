@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -288,20 +289,34 @@ def test_checkpoints_hold_the_papers_model_unless_the_preset_adds_to_it(showo_ru
             assert value == getattr(paper, name), name
 
 
-def test_mirrored_codes_are_the_codes_of_the_flipped_images(tokenizer):
+def test_views_are_the_codes_of_the_mirrored_and_moved_images(tokenizer):
+    """--mirror and --shift (data/tasks.py, training_views): the cached codes of each view are the
+    tokenizer's codes of that copy of the images: flipped left to right, or moved by at most --shift
+    pixels in each direction with the uncovered border reflected in from the image."""
     import data
+    from types import SimpleNamespace
+    from data.tasks import SHIFTED_VIEWS, training_views
     from tokenizer import images_to_tensor, load_image_tokenizer
     ds = data.load("shapes", "train", image_size=16, limit=8)
-    mirrored = image_codes(ds, tokenizer, torch.device("cpu"), mirrored=True)
+    views = training_views(ds, SimpleNamespace(mirror=True, shift=2, seed=0))
+    assert len(views) == 1 + SHIFTED_VIEWS and np.array_equal(views[0], ds.images[:, :, ::-1])
+    padded = np.pad(ds.images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")    # (N, 20, 20, 3)
+    mirrored = padded[:, :, ::-1]
+    for moved in views[1:]:  # each image is one 16x16 crop of its padded self or of its padded mirror
+        assert all(any(np.array_equal(m, p[a:a + 16, b:b + 16]) for p in (padded[i], mirrored[i])
+                       for a in range(5) for b in range(5)) for i, m in enumerate(moved))
+    assert not all(np.array_equal(moved, ds.images) for moved in views[1:])
     model, _ = load_image_tokenizer(tokenizer)
     with torch.no_grad():
         flipped = model.encode(images_to_tensor(ds.images).flip(3)).flatten(1)  # (B, 3, H, W): W flipped
-    assert torch.equal(mirrored, flipped) and not torch.equal(mirrored, image_codes(ds, tokenizer, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    assert torch.equal(image_codes(ds, tokenizer, cpu, views[0]), flipped)
+    assert not torch.equal(flipped, image_codes(ds, tokenizer, cpu))
 
 
-def test_augmented_rows_show_the_mirror_half_the_time_and_hide_only_understanding_codes(tokenizer):
-    """--mirror and --hide-codes (data/tasks.py, TaskRows): a row shows one of the two versions of
-    its image, and only captions and answers see [MASK]s in it, never more than hide_codes of them;
+def test_augmented_rows_show_each_view_equally_often_and_hide_only_understanding_codes(tokenizer):
+    """--mirror / --shift and --hide-codes (data/tasks.py, TaskRows): a row shows its image or one of
+    its views, each as often, and only captions and answers see [MASK]s in it, never more than hide_codes of them;
     everything else in the row stays what it was."""
     import random
     import data
@@ -325,6 +340,6 @@ def test_augmented_rows_show_the_mirror_half_the_time_and_hide_only_understandin
         else:
             hidden.append(len(changed))
     assert max(hidden) <= 8 and min(hidden) == 0 and sum(hidden) / len(hidden) > 2  # u ~ U(0, 0.5) of 16
-    mirroring = TaskRows(ds, codes, text, model_cfg, stage=3, mirrored_codes=31 - codes)  # told apart by value
-    first_codes = [mirroring.row("caption", 0, random.Random(seed)).ids[2] - space.image_offset for seed in range(200)]
-    assert set(first_codes) == {0, 31} and 70 < first_codes.count(31) < 130  # 1/2 of 200, within 4 sd
+    viewing = TaskRows(ds, codes, text, model_cfg, stage=3, views=[31 - codes, 20 + 0 * codes])  # told apart by value
+    first_codes = [viewing.row("caption", 0, random.Random(seed)).ids[2] - space.image_offset for seed in range(300)]
+    assert set(first_codes) == {0, 31, 20} and all(70 < first_codes.count(c) < 130 for c in (0, 31, 20))  # 1/3 each
