@@ -342,13 +342,23 @@ def training_labels(ids, text_targets, masked, space):
     return labels
 
 
+def loss_positions(labels, task, space):
+    """Where each term of equation 4 takes its loss: labels (B, L), task (B,) -> {"t2i": the labelled
+    image slots (B, L), "mmu" / "lm": (B, L-1) positions whose next label is a text target, by row task}."""
+    nxt = labels[:, 1:]                                          # (B, L-1) target for position i is at i+1
+    is_text = (nxt != IGNORE) & ~space.is_image_code(nxt)
+    understanding = (task == TASKS.index("mmu")) | (task == TASKS.index("interleaved"))  # (B,)
+    return dict(t2i=space.is_image_code(labels), mmu=is_text & understanding[:, None],
+                lm=is_text & (task == TASKS.index("lm"))[:, None])
+
+
 def task_losses(hidden, labels, task, space, head=lambda h: h):
     """Per-task mean cross-entropies from the final states hidden (B, L, C) and labels (B, L)
-    (IGNORE = no loss). head maps states to logits over the vocabulary (the model's output layer);
-    it is applied only at the positions that carry a loss, about a quarter of a training batch, so
-    a training step skips three quarters of the largest matrix product and its softmax (about a
-    fifth of a step's time on the CPU). The result equals projecting every position first, and
-    with the default head (identity) hidden may simply be logits (B, L, V).
+    (IGNORE = no loss), at loss_positions. head maps states to logits over the vocabulary (the
+    model's output layer); it is applied only at the positions that carry a loss, about a quarter of
+    a training batch, so a training step skips three quarters of the largest matrix product and its
+    softmax (about a fifth of a step's time on the CPU). The result equals projecting every position
+    first, and with the default head (identity) hidden may simply be logits (B, L, V).
 
     t2i: MTP. At each labelled image position the prediction is of the code AT that position (no
          shift: the [MASK] is at the answer's own place). The logits are cut to the 2^K image codes
@@ -357,21 +367,13 @@ def task_losses(hidden, labels, task, space, head=lambda h: h):
     mmu, lm: NTP. The logits at position i predict the label at i + 1 (shifted), over the whole
          vocabulary; rows of understanding tasks (and interleaved rows' text) count as mmu.
     Returns a dict with the terms the batch has rows for, each a scalar tensor."""
-    losses = {}
-    is_image = space.is_image_code(labels)                      # (B, L) labelled image slots
-    if is_image.any():
-        image_logits = head(hidden[is_image])[:, space.image_offset:space.mask]  # (n, 2^K)
-        losses["t2i"] = F.cross_entropy(image_logits.float(), space.codes_of(labels[is_image]))
-    nxt = labels[:, 1:]                                          # (B, L-1) target for position i is at i+1
-    is_text = (nxt != IGNORE) & ~space.is_image_code(nxt)
-    row_task = task[:, None].expand_as(nxt)
-    for name, kinds in (("mmu", ("mmu", "interleaved")), ("lm", ("lm",))):
-        rows = torch.zeros_like(is_text)
-        for kind in kinds:
-            rows |= row_task == TASKS.index(kind)
-        select = is_text & rows
-        if select.any():
-            losses[name] = F.cross_entropy(head(hidden[:, :-1][select]).float(), nxt[select])
+    losses, where = {}, loss_positions(labels, task, space)
+    if where["t2i"].any():
+        image_logits = head(hidden[where["t2i"]])[:, space.image_offset:space.mask]  # (n, 2^K)
+        losses["t2i"] = F.cross_entropy(image_logits.float(), space.codes_of(labels[where["t2i"]]))
+    for name in ("mmu", "lm"):
+        if where[name].any():
+            losses[name] = F.cross_entropy(head(hidden[:, :-1][where[name]]).float(), labels[:, 1:][where[name]])
     return losses
 
 

@@ -4,11 +4,11 @@ Training programs.
     python train.py                      # the main job: tokenizers, Show-o's three stages, evaluation (shapes)
     python train.py --dataset cifar10 --data-dir ../shared/data     # the same pipeline on real photos
     python train.py --dataset coco --data-dir ../shared/data/coco-mini --limit 64
-    python train.py tokenizer --dataset shapes --out out/shapes
     python train.py tokenizer --dataset cifar10 --data-dir ../shared/data --out out/cifar10
     python train.py tokenizer --help     # every option, grouped (model, data, optimisation, run), with presets
     python train.py showo --dataset shapes --stage 1                 # Show-o on the tokenized data
     python train.py showo --stage 2 --init out/shapes/stage1/showo.pt
+    torchrun --standalone --nproc_per_node=2 train.py ...           # any of these on 2 processes (distributed.py)
 
 `tokenizer` trains (1) a small byte-level BPE text vocabulary on the dataset's captions (seconds)
 and (2) the LFQ image tokenizer of tokenizer.py (MAGVIT-v2, arXiv 2310.05737): reconstruction MSE +
@@ -46,12 +46,13 @@ import torch
 from tqdm import tqdm
 
 import data
+import distributed
 from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
                     TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, autodetect_device,
                     check_run_options, config_from_args, pipeline_recipe)
 from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch, training_rows
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
-from model import Showo, atomic_save, autocast, file_digest, joint_loss, load_showo, optimizer_groups, showo_checkpoint
+from model import Showo, atomic_save, autocast, file_digest, load_showo, optimizer_groups, showo_checkpoint
 from sample import image_grid
 from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
                        load_image_tokenizer)
@@ -239,30 +240,35 @@ def evaluate_and_save_tokenizer(model, optimizer, cfg, done, losses, eval_images
 
 def train_tokenizer(cfg):
     """`train.py tokenizer`: the BPE, then the LFQ image tokenizer (tokenizer.ImageTokenizer.forward
-    gives the loss: MSE + commitment + entropy penalty). -> the checkpoint's path."""
+    gives the loss: MSE + commitment + entropy penalty), on one process or several (distributed.py).
+    -> the checkpoint's path."""
+    rank, world = distributed.start(cfg.batch_size)
     device, ckpt_path = start_run(cfg, "tokenizer.pt")
     torch.manual_seed(cfg.seed)  # the initial weights and the entropy penalty's token subsets
     train_ds, eval_ds, held_out = load_splits(cfg, cfg.model.image_size, cfg.eval_images, "images")
     eval_images = eval_ds.images[:cfg.eval_images]
     print(f"data: {len(train_ds)} {cfg.dataset} training images; evaluation on {len(eval_images)} {held_out}")
-    train_text_tokenizer(train_ds, cfg)
+    if rank == 0:  # the image tokenizer does not read text: the other processes need no BPE
+        train_text_tokenizer(train_ds, cfg)
     model, optimizer, step = tokenizer_and_optimizer(cfg, ckpt_path, device)
     n_params, side = sum(p.numel() for p in model.parameters()), cfg.model.latent_size
     print(f"image tokenizer: {n_params / 1e6:.2f}M parameters, {cfg.model.image_size}px -> {side}x{side} tokens "
           f"of {cfg.model.codebook_bits} bits ({2 ** cfg.model.codebook_bits} codes), device {device}")
     # compiled on CUDA only: on a CPU compiling costs more minutes than it saves (docs/findings.md);
     # `model` (not the compiled wrapper) is what gets saved and evaluated
-    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    compiled = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    train_model = distributed.wrap(compiled, device, world)  # DDP under torchrun
 
     images = torch.from_numpy(train_ds.images)  # (N, H, W, 3) uint8, indexed per batch
-    log = open(os.path.join(cfg.out, "tokenizer_log.txt"), "a")
+    log = open(os.path.join(cfg.out, "tokenizer_log.txt"), "a") if rank == 0 else None
     t0 = time.time()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="tokenizer",
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=rank > 0)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        x = images_to_tensor(images[batch_indices(step, len(images), cfg.batch_size, cfg.seed)]).to(device)
+        batch = distributed.share(batch_indices(step, len(images), cfg.batch_size, cfg.seed), rank, world)
+        x = images_to_tensor(images[batch]).to(device)  # this process's share of the step's images
         with autocast(device):  # bf16 on CUDA; the losses themselves are taken in fp32
             _, _, losses = train_model(x)
         update(losses["loss"], model, optimizer, cfg.grad_clip, step, ckpt_path)
@@ -270,14 +276,16 @@ def train_tokenizer(cfg):
         bar.set_postfix(loss=f"{losses['loss'].item():.4f}",
                         psnr=f"{10 * math.log10(4 / max(losses['mse'].item(), 1e-10)):.1f}")
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+        if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
             stats = evaluate_and_save_tokenizer(model, optimizer, cfg, done, losses, eval_images, device, ckpt_path)
             # Log after the checkpoint: a crash in between never leaves a logged step to be redone.
             log.write(json.dumps(dict(stats, minutes=round((time.time() - t0) / 60, 2))) + "\n")
             log.flush()
-    log.close()
-    print(f"done: {ckpt_path}, reconstructions in {os.path.join(cfg.out, 'recon.png')} "
-          f"({(time.time() - t0) / 60:.1f} min)")
+    if rank == 0:
+        log.close()
+        print(f"done: {ckpt_path}, reconstructions in {os.path.join(cfg.out, 'recon.png')} "
+              f"({(time.time() - t0) / 60:.1f} min)")
+    distributed.barrier()  # Show-o, on every process, reads the final checkpoint next
     return ckpt_path
 
 
@@ -296,6 +304,18 @@ def batch_losses(model, groups, device):
             raise RuntimeError(f"two row groups both have {set(group_losses) & set(losses)} losses")
         losses.update(group_losses)
     return losses
+
+
+class StepLosses(torch.nn.Module):
+    """batch_losses as one module call, the unit DDP wraps (distributed.py): DDP expects one forward
+    per backward, and a step runs one forward pass per row group."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, groups, device):
+        return batch_losses(self.model, groups, device)
 
 
 @torch.no_grad()
@@ -403,7 +423,9 @@ def trim_log(log_path, step, resumed):
 
 def train_showo(cfg):
     """`train.py showo`: one stage of Show-o (section 3.4) on the tokenized dataset, with the joint
-    loss of model.joint_loss over mixed batches (data/tasks.py). -> the checkpoint's path."""
+    loss of model.joint_loss over mixed batches (data/tasks.py), on one process or, under torchrun,
+    on several (distributed.py; only rank 0 logs and saves). -> the checkpoint's path."""
+    rank, world = distributed.start(cfg.batch_size)
     device, ckpt_path = start_run(cfg, "showo.pt")
     log_path = os.path.join(cfg.out, "log.jsonl")
     text_tok, image_size, files = showo_tokenizers(cfg)
@@ -412,33 +434,39 @@ def train_showo(cfg):
     train_rows = training_rows(train_ds, text_tok, cfg, device)  # with --mirror / --hide-codes when asked for
     eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, cfg.model, cfg.stage)
     model, optimizer, step, resumed = showo_and_optimizer(cfg, ckpt_path, device, files)
-    trim_log(log_path, step, resumed)
+    if rank == 0:
+        trim_log(log_path, step, resumed)
     space = cfg.model.space
     print(f"Show-o stage {cfg.stage}: {model.num_params() / 1e6:.2f}M parameters, vocabulary {space.vocab_size} "
           f"({space.text_vocab_size} text + 7 special + {space.codebook_size} image codes + [MASK]), "
           f"{cfg.model.image_tokens} tokens per image; batch of {cfg.batch_size} rows: "
-          + ", ".join(f"{n} {k}" for k, n in cfg.mix.counts(cfg.batch_size).items() if n) + f"; device {device}")
-    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+          + ", ".join(f"{n} {k}" for k, n in cfg.mix.counts(cfg.batch_size).items() if n) + f"; device {device}"
+          + (f"; {world} processes" if world > 1 else ""))
+    compiled = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    train_model = distributed.wrap(StepLosses(compiled), device, world)
     weights = dict(t2i=cfg.mix.w_t2i, mmu=cfg.mix.w_mmu, lm=cfg.mix.w_lm)  # equation 4's w
 
-    log = open(log_path, "a")
+    log = open(log_path, "a") if rank == 0 else None
     t0 = time.time()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc=f"showo stage {cfg.stage}",
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=rank > 0)
     for step in bar:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # the step's batch is drawn from (seed, stage, step) alone: resuming redraws it exactly
-        losses = batch_losses(train_model, showo_batch(train_rows, step, cfg), device)
+        groups = distributed.process_share(showo_batch(train_rows, step, cfg), rank, world)  # one process: the whole batch
+        loss, losses = distributed.whole_batch_loss(train_model(groups, device), groups, weights, space, world)  # equation 4
         if not losses:  # possible only when every row's text was cut before its answer
             sys.exit(f"error: the batch of step {step} has no loss targets; raise --max-text")
-        loss = joint_loss(losses, weights)  # equation 4
         update(loss, model, optimizer, cfg.grad_clip, step, ckpt_path)
-        record = dict(step=step + 1, lr=lr, loss=round(loss.item(), 5), **{k: round(v.item(), 5) for k, v in losses.items()})
+        joint = sum(weights[k] * v for k, v in losses.items())
+        record = dict(step=step + 1, lr=lr, loss=round(joint, 5), **{k: round(v, 5) for k, v in losses.items()})
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "t2i", "mmu", "lm")})
         done = step + 1
         checkpoint_now = done % cfg.eval_every == 0 or done == cfg.max_steps
+        if rank > 0:
+            continue  # the others wait for rank 0 at the next step's first all-reduce
         if checkpoint_now:
             record["eval"] = held_out_losses(model, eval_rows, cfg, device, cfg.eval_rows)
             record["minutes"] = round((time.time() - t0) / 60, 2)
@@ -452,8 +480,10 @@ def train_showo(cfg):
             # to start the next stage, and to sample with exactly the tokenizers it learned
             atomic_save(showo_checkpoint(model, optimizer=optimizer.state_dict(), step=done, train_config=asdict(cfg),
                                          **files), ckpt_path)
-    log.close()
-    print(f"done: {ckpt_path} ({(time.time() - t0) / 60:.1f} min), per-step losses in {log_path}")
+    if rank == 0:
+        log.close()
+        print(f"done: {ckpt_path} ({(time.time() - t0) / 60:.1f} min), per-step losses in {log_path}")
+    distributed.barrier()  # the next stage, on every process, starts from this stage's final checkpoint
     return ckpt_path
 
 
@@ -510,6 +540,8 @@ def main_job(args, tok_parser, showo_parser):
         init = main_showo(showo_parser.parse_args(argv + (["--init", init] if init else [])), showo_parser)
         logs.append(os.path.join(os.path.dirname(init), "log.jsonl"))
     minutes["stages"] = round((time.time() - t0) / 60 - minutes["tokenizer"], 2)
+    if distributed.start()[0] > 0:
+        return None  # under torchrun the evaluation runs once, on rank 0
     try:  # the README's tables on held-out data, then the pictures
         metrics = evaluate_pipeline(tokenizer_ckpt, init, logs, run_dir, args.job_dataset, args.job_data_dir,
                                     args.job_seed, minutes, t0)

@@ -177,14 +177,15 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tokenizer, tmp_path, monkeypatch):
-    real = train.joint_loss
+    import distributed
+    real = distributed.joint_loss  # what a training step's loss is made with (distributed.whole_batch_loss)
     calls = []
 
     def nan_at_step_3(losses, weights):
         calls.append(1)
         loss = real(losses, weights)
         return loss * float("nan") if len(calls) == 3 else loss
-    monkeypatch.setattr(train, "joint_loss", nan_at_step_3)
+    monkeypatch.setattr(distributed, "joint_loss", nan_at_step_3)
     with pytest.raises(SystemExit, match="loss became nan at step 2"):
         showo(tokenizer, tmp_path, "--max-steps", "4", "--eval-every", "2")
     assert torch.load(tmp_path / "showo.pt", weights_only=True)["step"] == 2
