@@ -1,0 +1,127 @@
+"""
+Stories in the shapes world, for mixed-modality generation (text and images interleaved in one
+sequence, Show-o section 3.2): a scene in words, then one to three changes, each in words, with the
+image of every scene along the way. As one row of the unified token space:
+
+    [T2I] [SOT] a large red circle in the top left [EOT] [SOI] image 1 [EOI]
+          [SOT] then a small blue square appears below the red circle [EOT] [SOI] image 2 [EOI] ...
+
+    python -m data.stories                     # prints a few stories with their scenes
+    from data.stories import make_stories
+    stories = make_stories("train", 1000)      # [Story]: texts[k] leads to scenes[k]
+
+A story starts from a scene of one or two objects in its "description" caption (every object's
+size, colour, shape and cell), so its first image is fixed by its first text. Each change is one of
+    appear     "then a small blue square appears below the red circle": a new object, fully
+               described, in an empty cell beside a named object ("below X" is the cell right below
+               X here, not anywhere lower), or "... appears in the bottom right";
+    recolour   "then the red circle turns green";
+    disappear  "then the triangle disappears" (never the last object: a scene holds 1-4).
+Objects are named as the question/answer pairs name them (data.shapes._reference): by words that
+fit exactly one object of the scene before the change. So every scene of a story follows from its
+first caption and the changes before it, and an image generated for it can be judged against the
+true scene; objects a change does not touch must stay as they were. Held-out stories start from the
+world's held-out scenes (data.shapes._in_test_split); their later scenes may be any.
+"""
+import argparse
+import random
+from dataclasses import dataclass, replace
+
+from data.shapes import (COLOURS, COLS, ROWS, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
+                         _make_obj, _phrase_text, _reference, caption)
+
+CHANGES = ("appear", "recolour", "disappear")
+MAX_CHANGES = 3
+NEIGHBOURS = {"below": (1, 0), "above": (-1, 0), "right of": (0, 1), "left of": (0, -1)}  # (d row, d col)
+
+
+@dataclass(frozen=True)
+class Story:
+    texts: tuple   # the first scene's description, then one sentence per change
+    scenes: tuple  # data.shapes.Scene after each text
+
+
+def possible_changes(scene):
+    """The kinds of change a scene allows: a new object needs an empty cell, a removal a second object."""
+    return [kind for kind, ok in zip(CHANGES, (len(scene.objects) < 4, True, len(scene.objects) > 1)) if ok]
+
+
+def in_cell_order(objects):
+    """A scene with its objects in row-major cell order, as sampled scenes have them."""
+    return Scene(tuple(sorted(objects, key=lambda o: (o.row, o.col))))
+
+
+def change_scene(scene, rng, kind=None):
+    """One change of the scene -> (its sentence, the changed scene). kind: one of possible_changes
+    (default: a random one)."""
+    kind = kind or rng.choice(possible_changes(scene))
+    if kind not in possible_changes(scene):
+        raise ValueError(f"a scene of {len(scene.objects)} objects cannot take the change {kind!r}")
+    objects = list(scene.objects)
+    if kind == "appear":
+        taken = {(o.row, o.col) for o in objects}
+        beside = [(o, relation, (o.row + dr, o.col + dc)) for o in objects for relation, (dr, dc) in NEIGHBOURS.items()
+                  if (o.row + dr, o.col + dc) in {(r, c) for r in (0, 1) for c in (0, 1)} - taken]
+        new = Phrase(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)))
+        if beside and rng.random() < 0.5:  # where, said by a neighbour: "below the red circle"
+            o, relation, cell = rng.choice(beside)
+            where = f"{relation} the {_reference(o, scene, rng, None)}"
+        else:                              # or by the cell itself: "in the bottom right"
+            cell = rng.choice(sorted({(r, c) for r in (0, 1) for c in (0, 1)} - taken))
+            where = _location_text(*cell)
+        objects.append(_make_obj(new.shape, new.colour, new.size, *cell))
+        return f"then {_phrase_text(new)} appears {where}", in_cell_order(objects)
+    o = rng.choice(objects)
+    name = _reference(o, scene, rng, None)  # a cell holds one object, so some words always fit
+    if kind == "recolour":
+        colour = rng.choice([c for c in COLOURS if c != o.colour])
+        return f"then the {name} turns {colour}", in_cell_order([replace(o, colour=colour) if x is o else x
+                                                                 for x in objects])
+    return f"then the {name} disappears", in_cell_order([x for x in objects if x is not o])
+
+
+def make_story(rng, held_out=False, changes=None):
+    """One story from a random scene of 1-2 objects (from the held-out part of the world when
+    held_out) and `changes` changes (default: 1 to MAX_CHANGES)."""
+    while True:
+        cells = sorted(rng.sample(range(4), rng.randint(1, 2)))
+        scene = Scene(tuple(_make_obj(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)),
+                                      c // 2, c % 2) for c in cells))
+        if _in_test_split(scene) == held_out:  # rejection keeps the splits' first scenes disjoint
+            break
+    texts, scenes = [caption(scene, rng, "description")[0]], [scene]
+    for _ in range(rng.randint(1, MAX_CHANGES) if changes is None else changes):
+        text, scene = change_scene(scene, rng)
+        texts.append(text)
+        scenes.append(scene)
+    return Story(tuple(texts), tuple(scenes))
+
+
+def make_stories(split="train", n=1000, seed=0):
+    """n stories of one split ("test": from held-out first scenes), the same on every machine."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r} for stories; choose train or test")
+    rng = random.Random(f"shapes-stories/{split}/{seed}")  # a string seed: the same stories everywhere
+    return [make_story(rng, held_out=split == "test") for _ in range(n)]
+
+
+def describe_scene(scene):
+    """A scene in a few words per object, for printing: 'small red circle (top left)'."""
+    return ", ".join(f"{o.size} {o.colour} {o.shape} ({ROWS[o.row]} {COLS[o.col]})" for o in scene.objects)
+
+
+def main():
+    """`python -m data.stories`: a few stories, each sentence followed by the scene it leads to."""
+    parser = argparse.ArgumentParser(description="Print stories of the shapes world with their scenes.")
+    parser.add_argument("--n", type=int, default=4, help="number of stories")
+    parser.add_argument("--split", default="train", choices=("train", "test"), help="which split to draw from")
+    parser.add_argument("--seed", type=int, default=0, help="stories seed")
+    args = parser.parse_args()
+    for story in make_stories(args.split, args.n, args.seed):
+        for text, scene in zip(story.texts, story.scenes):
+            print(f"{text:<60} -> {describe_scene(scene)}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
