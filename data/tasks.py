@@ -120,10 +120,13 @@ class TaskRows:
         self.views, self.hide_codes = list(views), hide_codes
 
     def codes_of(self, i, rng):
-        """The image codes row i shows: its own or one of its views' (a draw from rng only when there
-        are views, so without them every other draw stays as it was)."""
-        if self.views and (k := int(rng.random() * (1 + len(self.views)))):
-            return self.views[k - 1][i]
+        """The image codes row i shows: one of its views' or its own. A draw from rng only when there
+        are views, so without them every other draw stays as it was; with the mirror alone, the rule
+        of the runs before --shift existed (the mirror when the draw is below 1/2)."""
+        if self.views:
+            k = int(rng.random() * (len(self.views) + 1))  # views[0] .. views[V - 1], or V: the image itself
+            if k < len(self.views):
+                return self.views[k][i]
         return self.codes[i]
 
     def hide_image_codes(self, row, rng):
