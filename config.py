@@ -183,7 +183,7 @@ SHOWO_STAGES = {
 SHOWO_PRESETS = {"shapes": dict(max_steps=1000, n_embd=128, n_head=8, lr=5e-3, slot_embedding=True, text_conv=3),
                  # CIFAR-10 (10,000 training images): mirrored and partly hidden images, and codes that say their
                  # bits, against a small model learning its images' classes by heart (docs/findings.md; --shift
-                 # is measured there too, and off: on one seed it helped the losses, not the judged samples)
+                 # is measured there too, and off: on one seed it helped neither the losses nor the answers)
                  "cifar10": dict(max_steps=2000, mirror=True, hide_codes=0.5, code_bits=True),
                  "coco": dict(max_steps=1000), "folder": dict(max_steps=1000)}
 SHOWO_RESUME_MUST_MATCH = ("dataset", "data_dir", "limit", "mirror", "shift", "hide_codes", "stage", "batch_size", "seed",
