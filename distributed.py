@@ -107,7 +107,7 @@ def whole_batch_loss(losses, groups, weights, space, world):
     for _, labels, task in groups:
         for name, where in loss_positions(labels, task, space).items():
             counts[name] += int(where.sum())
-    totals = all_sum(counts)
-    sums = all_sum({k: losses[k].item() * n if k in losses else 0.0 for k, n in counts.items()})
+    sums = {f"{k} sum": losses[k].item() * n if k in losses else 0.0 for k, n in counts.items()}
+    totals = all_sum({**counts, **sums})  # the batch's counts and loss sums, in one all-reduce
     scaled = {k: v * (counts[k] * world / totals[k]) for k, v in losses.items()}  # exactly v on one process
-    return joint_loss(scaled, weights), {k: sums[k] / totals[k] for k in counts if totals[k]}
+    return joint_loss(scaled, weights), {k: totals[f"{k} sum"] / totals[k] for k in counts if totals[k]}
