@@ -103,13 +103,14 @@ class TaskMix:
     caption_frac: float = 0.4     # captioning rows (understanding, NTP loss)
     vqa_frac: float = 0.0         # question -> answer rows (understanding, NTP loss)
     lm_frac: float = 0.1          # text-only language-modelling rows (NTP loss)
+    story_frac: float = 0.0       # shapes only: stories, text and images interleaved (data/stories.py; MTP + NTP)
     cond_dropout: float = 0.1     # probability that a text-to-image prompt is replaced by the empty one (for guidance)
     w_t2i: float = 1.0            # weight of the MTP loss in L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM (equation 4)
     w_mmu: float = 1.0            # weight of the understanding rows' NTP loss
     w_lm: float = 0.1             # weight of the text-only rows' NTP loss (Show-o's configs: 1, 1, 0.1)
 
     def __post_init__(self):
-        fracs = (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac)
+        fracs = (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac, self.story_frac)
         if min(fracs) < 0 or sum(fracs) <= 0:
             raise ValueError("the task fractions must be >= 0 and not all 0")
         if not 0 <= self.cond_dropout <= 1:
@@ -117,7 +118,7 @@ class TaskMix:
 
     def counts(self, batch_size):
         """Rows per task in a batch of batch_size, from the fractions (largest remainder rounding)."""
-        fracs = dict(zip(TASK_NAMES, (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac)))
+        fracs = dict(zip(TASK_NAMES, (self.t2i_frac, self.caption_frac, self.vqa_frac, self.lm_frac, self.story_frac)))
         exact = {k: batch_size * v / sum(fracs.values()) for k, v in fracs.items()}
         counts = {k: int(v) for k, v in exact.items()}
         for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:batch_size - sum(counts.values())]:
@@ -166,6 +167,8 @@ class ShowoTrainConfig:
             raise ValueError(f"--shift must be >= 0 pixels, not {self.shift}")
         if self.stage not in SHOWO_STAGES:
             raise ValueError(f"--stage must be 1, 2 or 3, not {self.stage}")
+        if self.mix.story_frac > 0 and self.dataset != "shapes":
+            raise ValueError("--story-frac: stories exist in the shapes world only")
 
 
 # The paper's three stages (section 3.4) as batch mixes. Stage 1 conditions generation on class

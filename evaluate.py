@@ -20,11 +20,12 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   grammar (data.shapes.prompts_for_category) is drawn by MaskGIT and each image is judged by the
   world's scorer; overall = the mean of the six. VQA accuracy (exact answer) per question type on
   held-out images, each distinct (scene, question) asked once (vqa = the mean over colour, shape,
-  count and position questions), POPE-style
-  yes/no existence accuracy (balanced yes/no, with the share of "yes" answers), and caption
-  exact-match: the greedy caption of a held-out image is parsed by the world's grammar and must
-  name exactly the image's objects with shape, colour, size and cell (on one image per distinct
-  scene of 1-2 objects, the scenes the grammar's full descriptions cover).
+  count and position questions), POPE-style yes/no existence accuracy (balanced, with the share of
+  "yes" answers), and caption exact-match: the greedy caption of a held-out image, parsed by the
+  world's grammar, must name exactly its objects with shape, colour, size and cell (one image per
+  distinct scene of 1-2 objects, the scenes the grammar's full descriptions cover). Trained on
+  stories (--story-frac): held-out stories drawn image by image, each image's scene accuracy and
+  the objects a change left alone kept (stories.png).
 - cifar10: classification by asking "what is this?" of every test image (the question stage 3
   trains on; accuracy of the answer against the class name), and --prompts class-conditional
   samples per class judged by the judge below (judge.*: its accuracy on them, the Frechet distance
@@ -54,10 +55,11 @@ from tqdm import tqdm
 import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category
-from data.shapes_scorer import score
+from data.shapes_scorer import detect, score
+from data.stories import STORIES, make_stories, story_scores
 from config import autodetect_device
 from model import atomic_save, autocast, file_digest, generate_images, generate_text
-from sample import Pipeline, image_grid, labelled_grid, plot_losses, steps_strip
+from sample import Pipeline, generate_story, image_grid, labelled_grid, plot_losses, steps_strip, story_sheet
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 
 
@@ -371,9 +373,8 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
     truth = [ds.class_names[label] for label in ds.labels]
     result = {"classification_accuracy": round(sum(a == t for a, t in zip(answers, truth)) / len(ds), 4)}
     print(f"classification by asking {CIFAR_QUESTION!r}: {result['classification_accuracy']:.3f} on {len(ds)} images")
-    stage = pipe.ckpt.get("train_config", {}).get("stage")  # which prompts it knows depends on its stage
     # the prompts the checkpoint was trained on: class names in stage 1, "a photo of an airplane" later
-    n = cfg["prompts"]
+    stage, n = pipe.ckpt.get("train_config", {}).get("stage"), cfg["prompts"]
     prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(n)]
     images = draw(pipe, prompts, cfg, generator)                              # class-major: n of class 0, ...
     wanted = torch.arange(len(ds.class_names)).repeat_interleave(n)
@@ -397,12 +398,23 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
                            reconstruction_accuracy=accuracy(recon_predicted, labels),
                            frechet=distance(sample_features), frechet_reconstructions=distance(recon_features),
                            frechet_training_images=distance(train_features))
-    j = result["judge"]
-    print(f"judge (test accuracy {j['test_accuracy']:.3f}): samples {j['sample_accuracy']:.3f} of the prompted "
-          f"class (reconstructions {j['reconstruction_accuracy']:.3f}); Frechet to test images: samples "
-          f"{j['frechet']:.4f}, reconstructions {j['frechet_reconstructions']:.4f}, training images "
-          f"{j['frechet_training_images']:.4f}")
     return result
+
+
+def evaluate_stories(pipe, n, cfg, generator, out_dir):
+    """Mixed-modality generation on n held-out stories (data/stories.py): each image is drawn after
+    the true texts and the images drawn before it (sample.generate_story) and read back by the
+    world's scorer (data.stories.story_scores); stories.png shows the first six."""
+    stories = make_stories("test", n)
+    codes = [c for chunk in batched(stories, cfg["batch"]) for c in generate_story(
+        pipe, [s.texts for s in chunk], generator, steps=cfg["steps"], guidance=cfg["guidance"])]
+    images = [pipe.decode_codes(torch.stack(c)) for c in codes]                      # per story (k, H, W, 3)
+    accuracy_at, kept, seen = story_scores(stories, [[detect(img) for img in drawn] for drawn in images])
+    if out_dir:
+        story_sheet(images[:6], [s.texts for s in stories[:6]]).save(os.path.join(out_dir, "stories.png"))
+    print(f"stories: scene accuracy by image {accuracy_at}; unchanged objects kept {kept:.3f} (of {seen})")
+    return dict(scene_accuracy={f"image {k}": round(v, 4) for k, v in accuracy_at.items()}, kept=round(kept, 4),
+                kept_of=seen, stories=n)
 
 
 def evaluate_captions(pipe, ds, cfg, generator, out_dir):
@@ -426,13 +438,13 @@ def held_out_split(dataset):
 
 
 def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
-                   steps=12, guidance=2.0, batch=64, seed=0, out_dir=None):
+                   steps=12, guidance=2.0, batch=64, seed=0, out_dir=None, stories=None):
     """A Show-o checkpoint with the tokenizers it was trained with -> dict of metrics (module
-    docstring); samples.png in out_dir. The main job calls it after stage 3."""
+    docstring); samples.png in out_dir. The main job calls it after stage 3. stories: held-out
+    stories to draw (shapes; default: STORIES["test"] if it was trained on stories, else none)."""
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
-    split = split or held_out_split(dataset)
-    ds = data.load(dataset, split, data_dir, pipe.image_size, limit)
+    ds = data.load(dataset, split or held_out_split(dataset), data_dir, pipe.image_size, limit)
     generator = torch.Generator().manual_seed(seed)
     cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
     if out_dir:
@@ -440,6 +452,8 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
     t0 = time.time()
     if dataset == "shapes":
         result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
+        if stories or (stories is None and pipe.ckpt.get("train_config", {}).get("mix", {}).get("story_frac")):
+            result["stories"] = evaluate_stories(pipe, stories or STORIES["test"], cfg, generator, out_dir)
     elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
         if ds.split == "train":
             raise ValueError("the CIFAR-10 judge is trained on the training split: evaluate on test")
@@ -553,6 +567,8 @@ def main(argv=None):
     sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")
     sh.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sh.add_argument("--stories", type=int, default=None,
+                    help=f"shapes: held-out stories to draw (default {STORIES['test']} if it trained on stories, else 0)")
     sh.add_argument("--out", default=None, help="folder for samples.png")
     sh.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = parser.parse_args(argv)
@@ -568,13 +584,10 @@ def main(argv=None):
             result = evaluate_tokenizer(args.ckpt, args.dataset, args.data_dir, args.split, args.limit,
                                         args.device, args.grid)
         else:
-            for name in ("prompts", "steps", "batch"):
-                if getattr(args, name) is not None and getattr(args, name) < 1:
-                    parser.error(f"--{name} must be at least 1")
-            if args.cfg < 0:
-                parser.error("--cfg must be >= 0")
+            if min(args.prompts, args.steps, args.batch) < 1 or args.cfg < 0 or (args.stories or 0) < 0:
+                parser.error("--prompts, --steps and --batch must be at least 1, --cfg and --stories >= 0")
             result = evaluate_showo(args.ckpt, args.dataset, args.data_dir, args.split, args.limit, args.device,
-                                    args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out)
+                                    args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out, args.stories)
     except (OSError, ValueError) as e:  # a missing or foreign checkpoint, unreadable data
         sys.exit(f"error: {e}")
     for key, value in result.items():  # for a person

@@ -366,7 +366,7 @@ def task_losses(hidden, labels, task, space, head=lambda h: h):
          candidates, exactly as in the sampler, which restricts to the same range.
     mmu, lm: NTP. The logits at position i predict the label at i + 1 (shifted), over the whole
          vocabulary; rows of understanding tasks (and interleaved rows' text) count as mmu.
-    Returns a dict with the terms the batch has rows for, each a scalar tensor."""
+    -> {term: scalar tensor} for the terms the batch has rows for."""
     losses, where = {}, loss_positions(labels, task, space)
     if where["t2i"].any():
         image_logits = head(hidden[where["t2i"]])[:, space.image_offset:space.mask]  # (n, 2^K)
@@ -378,8 +378,7 @@ def task_losses(hidden, labels, task, space, head=lambda h: h):
 
 
 def joint_loss(losses, weights):
-    """L = w_t2i * L_MTP + w_mmu * L_MMU + w_lm * L_LM (Show-o's configs: 1, 1, 0.1). Terms the
-    batch has no rows for are left out."""
+    """L = w_t2i * L_MTP + w_mmu * L_MMU + w_lm * L_LM (Show-o's configs: 1, 1, 0.1), over the terms present."""
     return sum(weights[name] * value for name, value in losses.items())
 
 
@@ -427,40 +426,41 @@ def gumbel(shape, generator, device):
 
 @torch.no_grad()
 def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, known=None, generator=None,
-                    record=False, cache_prompt=True):
+                    record=False, cache_prompt=True, stories=None):
     """Text-to-image by iterative parallel decoding (MaskGIT), with Show-o's layout.
 
     prompts: B lists of text ids (an empty list is the unconditional prompt).
+    stories: instead of prompts, B stories so far, as TokenSpace.interleaved segments (text id lists
+             and code arrays) that end with the text of the image to draw (sample.generate_story).
     known:   optional (B, N) int64 image codes to keep (>= 0) and slots to generate (-1): inpainting
              and extrapolation use the same loop; known codes never change.
-    Each step: run the model on [T2I] [SOT] prompt [EOT] [SOI] canvas [EOI]; keep the logits of the
-    image slots, restricted to the 2^K codes; with guidance s, mix (1 + s) cond - s uncond (both in
-    one batched forward); sample a code at every slot (known slots keep theirs); confidence = log p of the sampled code,
-    +inf at known slots; keep masked the n lowest of confidence + temperature_t x Gumbel noise,
-    with n from masking_schedule, clamped to [1, unknown - 1] before the last step, and the
-    temperature annealed linearly to 0: temperature_t = temperature x (1 - (step + 1) / steps)
+    Each step: run the model on [T2I] [SOT] prompt [EOT] [SOI] canvas [EOI] (or the story, then
+    [SOI] canvas [EOI]; its unconditional twin is the empty prompt's); keep the logits of the
+    image slots, restricted to the 2^K codes; with guidance s, mix (1 + s) cond - s uncond (both in one
+    batched forward); sample a code at every slot (known slots keep theirs); confidence = log p of the
+    sampled code, +inf at known slots; keep masked the n lowest of confidence + temperature_t x Gumbel
+    noise, n from masking_schedule clamped to [1, unknown - 1] before the last step, the temperature
+    annealed linearly to 0: temperature_t = temperature x (1 - (step + 1) / steps)
     (Show-o's code multiplies it again every step, so its annealing compounds; this one does not).
     The clamp makes every step fix at least one token of every row still being drawn, and the loop
     stops as soon as no slot is masked: with more steps than tokens, no forward pass is wasted.
-    cache_prompt: under omni-attention the prompt never attends to the image, so its keys and values
-    are the same at every step; they are computed once (a frozen KVCache) and each step runs only
-    [SOI] canvas [EOI]. The same images as recomputing the whole row (False), at less cost.
-    Returns codes (B, N) and, with record=True, the canvas after every step taken as a list of
-    (B, N) tensors with -1 at masked slots."""
-    space, n = model.space, model.cfg.image_tokens
-    device = next(model.parameters()).device
+    cache_prompt: under omni-attention the prompt never attends to the image, so its keys and values are
+    the same at every step; they are computed once (a frozen KVCache) and each step runs only [SOI]
+    canvas [EOI]: the images of recomputing the whole row (False), at less cost.
+    -> codes (B, N) and, with record=True, the canvas after every step, [(B, N)] with -1 if masked."""
+    space, n, device = model.space, model.cfg.image_tokens, next(model.parameters()).device
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
-    B = len(prompts)
-    rows = [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts]
-    if guidance > 0:
-        rows += [space.t2i([], n)] * B   # the unconditional twins, after the conditional rows
+    rows = ([space.interleaved([*s, n], model.cfg.max_text, warn=True) for s in stories] if stories is not None
+            else [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts])
+    B = len(rows)
+    rows += [space.t2i([], n)] * B if guidance > 0 else []  # the unconditional twins, after the conditional rows
     # left-padded: every row's image slots are its last n + 1 .. 1. FlexAttention compiles per shape:
-    # give it the one longest length, as in training.
-    ids, _, _ = space.pad_rows(rows, model.cfg.max_len if model.cfg.flex_attention else None)
-    ids = ids.to(device)
+    # give a text-to-image batch the one longest length, as in training.
+    flex_len = model.cfg.max_len if model.cfg.flex_attention and stories is None else None
+    ids = space.pad_rows(rows, flex_len, left=True)[0].to(device)
     known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
     if known.shape != (B, n):
         raise ValueError(f"known codes must be ({B}, {n}), got {tuple(known.shape)}")
@@ -526,8 +526,8 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
     RoPE only sees relative positions). Only text ids and [EOT] can be produced.
     With use_cache, each new token goes through the model once (KVCache); without, the whole
     sequence is recomputed per token: the same tokens, greedy, at several times the cost.
-    stop_at_eot=False never produces [EOT] (always max_new_tokens ids: benchmarks).
-    Returns B lists of new ids (without the [EOT])."""
+    stop_at_eot=False never produces [EOT] (always max_new_tokens ids: benchmarks). -> B lists of new
+    ids (without the [EOT])."""
     space = model.space
     device = next(model.parameters()).device
     ids, _, _ = space.pad_rows(prefixes, left=True)

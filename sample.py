@@ -9,6 +9,8 @@ extrapolation and plain text (Show-o, arXiv 2408.12528, section 3.5).
     python sample.py --ckpt out/shapes/stage3 --task inpaint --image some.png --mask 16,0,32,16 --prompt "a red square"
     python sample.py --ckpt out/shapes/stage3 --task extrapolate --image some.png --direction right --prompt "..."
     python sample.py --ckpt out/shapes/stage3 --task lm --prompt "a red"
+    python sample.py --ckpt out/shapes/stories --task story --prompt "a large red circle in the top left" \
+        --then "a small blue square appears below the red circle" --then "the circle turns green"
 
 Follow one prompt: the text tokenizer turns it into ids; TokenSpace.t2i lays out
 [T2I] [SOT] prompt [EOT] [SOI] [MASK] x N [EOI] (N = 16 image tokens with the shapes preset);
@@ -33,7 +35,7 @@ from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, ten
 
 # Every task is one of the paper's uses of the same network (section 3.5): the image tasks run the
 # MaskGIT loop of model.generate_images, the text tasks the next-token loop of model.generate_text.
-TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm")
+TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm", "story")
 DIRECTIONS = ("left", "right", "up", "down")
 
 
@@ -162,6 +164,16 @@ def steps_strip(pipe, history):
     return labelled_grid(frames, labels, per_row=len(frames), label_width=16)
 
 
+def story_sheet(images, texts):
+    """Stories as rows: images[b] (k_b, H, W, 3) with the k_b texts of story b under them; a row
+    shorter than the longest ends in white."""
+    width, tiles, labels = max(map(len, texts)), [], []
+    for drawn, story in zip(images, texts):
+        tiles += list(drawn) + [np.full_like(drawn[0], 255)] * (width - len(drawn))
+        labels += list(story) + [""] * (width - len(drawn))
+    return labelled_grid(np.stack(tiles), labels, per_row=width)
+
+
 def plot_losses(log_paths, path, width=640, height=320):
     """Per-task training losses of consecutive runs (the stages), one line per task, as a PNG drawn
     with Pillow (no plotting library needed). Vertical lines mark where a stage begins."""
@@ -280,6 +292,36 @@ def run_t2i(pipe, args, generator):
     return images
 
 
+def generate_story(pipe, stories, generator, **options):
+    """Mixed-modality generation (section 3.2): B stories, each a list of texts (a scene, then its
+    changes) -> B lists of codes (N,), one image per text, each drawn by generate_images after every
+    text and image before it: [T2I] [SOT] text 1 [EOT] [SOI] image 1 [EOI] [SOT] text 2 [EOT] [SOI] ...
+    The k-th images of all stories that have a k-th text are drawn in one batch."""
+    texts = [[pipe.encode_text(t) for t in story] for story in stories]
+    codes = [[] for _ in stories]
+    for k in range(max(map(len, texts))):
+        going = [b for b in range(len(stories)) if len(texts[b]) > k]
+        # the story so far as TokenSpace.interleaved segments: text 1, image 1, ..., text k + 1
+        so_far = [[seg for j in range(k) for seg in (texts[b][j], codes[b][j])] + [texts[b][k]] for b in going]
+        drawn, _ = generate_images(pipe.model, None, generator=generator, stories=so_far, **options)
+        for b, c in zip(going, drawn):
+            codes[b].append(c)
+    return codes
+
+
+def run_story(pipe, args, generator):
+    """A story: --prompt describes the first scene, each --then one change ("then " is added when it
+    is missing); story.png shows the images in a row, each text under its image."""
+    if not pipe.ckpt.get("train_config", {}).get("mix", {}).get("story_frac"):
+        print(f"warning: {args.ckpt} was not trained on stories (--story-frac): its images after the first follow no story")
+    texts = args.prompt[:1] + [t if t.startswith("then ") else "then " + t for t in args.then]
+    images = pipe.decode_codes(torch.stack(generate_story(pipe, [texts], generator, **image_options(args))[0]))
+    path = os.path.join(args.out, "story.png")
+    story_sheet([images], [texts]).save(path)
+    print(f"wrote {path}")
+    return images
+
+
 def run_understanding(pipe, args, generator, question):
     """Captioning (no question) or VQA: [MMU] [SOI] image [EOI] [SOT] question, then the model
     continues the text (NTP) until [EOT]. One batch for all images, left-padded."""
@@ -362,6 +404,8 @@ def build_parser():
                         help="text prompt (repeatable for t2i and lm); empty = unconditional")
     parser.add_argument("--image", action="append", default=None, help="input image file (repeatable for caption/vqa)")
     parser.add_argument("--question", default=None, help="the question for --task vqa")
+    parser.add_argument("--then", action="append", default=None,
+                        help="story: a change of the scene, e.g. \"the circle turns green\" (repeatable, in order)")
     parser.add_argument("--mask", default=None, help="inpainting region: a PNG (white = regenerate) or a box x0,y0,x1,y1 in pixels")
     parser.add_argument("--direction", default="right", choices=DIRECTIONS, help="extrapolation direction")
     parser.add_argument("--shift", type=int, default=None, help="extrapolation: new token columns/rows per step (default half the grid)")
@@ -400,8 +444,10 @@ def check_args(parser, args):
         parser.error("--task vqa needs --question")
     if args.task == "inpaint" and not args.mask:
         parser.error("--task inpaint needs --mask (a PNG or a box x0,y0,x1,y1)")
+    if (args.task == "story") != bool(args.then):
+        parser.error("--task story needs --prompt (the first scene) and --then (each change); --then is for stories")
     if args.prompt is None:
-        if args.task in ("t2i", "lm"):
+        if args.task in ("t2i", "lm", "story"):
             parser.error(f"--task {args.task} needs --prompt (--prompt \"\" samples unconditionally)")
         args.prompt = [""]
 
@@ -426,6 +472,8 @@ def main(argv=None):
                 return run_inpaint(pipe, args, generator)
             if args.task == "extrapolate":
                 return run_extrapolate(pipe, args, generator)
+            if args.task == "story":
+                return run_story(pipe, args, generator)
             return run_lm(pipe, args, generator)
     except (OSError, ValueError) as e:  # missing/incompatible checkpoints, unreadable images, bad masks
         sys.exit(f"error: {e}")

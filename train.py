@@ -50,9 +50,10 @@ import distributed
 from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
                     TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, autodetect_device,
                     check_run_options, config_from_args, pipeline_recipe)
-from data.tasks import TaskRows, batch_indices, build_batch, image_codes, seeded, showo_batch, training_rows
+from data.tasks import batch_indices, build_batch, seeded, showo_batch, task_rows
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
-from model import Showo, atomic_save, autocast, file_digest, load_showo, optimizer_groups, showo_checkpoint
+from model import (Showo, atomic_save, autocast, file_digest, load_showo, loss_positions, optimizer_groups,
+                   showo_checkpoint)
 from sample import image_grid
 from tokenizer import (SPLIT_PATTERN, ImageTokenizer, TextTokenizer, image_tokenizer_checkpoint, images_to_tensor,
                        load_image_tokenizer)
@@ -294,16 +295,17 @@ def train_tokenizer(cfg):
 
 
 def batch_losses(model, groups, device):
-    """The per-task losses of one batch built by build_batch: one forward pass per row group, their
-    loss terms side by side (each term must come from one group, or its mean would be wrong)."""
-    losses = {}
+    """The per-task losses of one batch built by build_batch: one forward pass per row group. A term
+    found in several groups (story rows add to t2i and mmu) is the mean over all its positions: each
+    group's mean weighted by its count of loss positions (model.loss_positions)."""
+    sums, counts = {}, {}
     for ids, labels, task in groups:
         with autocast(device):
             _, group_losses = model(ids.to(device), labels.to(device), task.to(device))
-        if set(group_losses) & set(losses):  # e.g. interleaved rows (t2i + mmu terms) in their own group
-            raise RuntimeError(f"two row groups both have {set(group_losses) & set(losses)} losses")
-        losses.update(group_losses)
-    return losses
+        for name, loss in group_losses.items():
+            n = int(loss_positions(labels, task, model.space)[name].sum())
+            sums[name], counts[name] = sums.get(name, 0) + loss * n, counts.get(name, 0) + n
+    return {name: sums[name] / counts[name] for name in sums}
 
 
 class StepLosses(torch.nn.Module):
@@ -431,8 +433,8 @@ def train_showo(cfg):
     text_tok, image_size, files = showo_tokenizers(cfg)
     # Data: images become codes once (cached); rows are built per step from codes and text.
     train_ds, eval_ds, held_out = load_splits(cfg, image_size, cfg.eval_rows, "losses")
-    train_rows = training_rows(train_ds, text_tok, cfg, device)  # with --mirror / --hide-codes when asked for
-    eval_rows = TaskRows(eval_ds, image_codes(eval_ds, cfg.tokenizer, device), text_tok, cfg.model, cfg.stage)
+    train_rows = task_rows(train_ds, text_tok, cfg, device, training=True)  # --mirror / --hide-codes if asked for
+    eval_rows = task_rows(eval_ds, text_tok, cfg, device, training=False)
     model, optimizer, step, resumed = showo_and_optimizer(cfg, ckpt_path, device, files)
     if rank == 0:
         trim_log(log_path, step, resumed)

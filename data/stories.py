@@ -9,6 +9,7 @@ image of every scene along the way. As one row of the unified token space:
     python -m data.stories                     # prints a few stories with their scenes
     from data.stories import make_stories
     stories = make_stories("train", 1000)      # [Story]: texts[k] leads to scenes[k]
+    images = story_images(stories)             # every scene drawn, story after story (data.tasks)
 
 A story starts from a scene of one or two objects in its "description" caption (every object's
 size, colour, shape and cell), so its first image is fixed by its first text. Each change is one of
@@ -27,11 +28,15 @@ import argparse
 import random
 from dataclasses import dataclass, replace
 
-from data.shapes import (COLOURS, COLS, ROWS, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
-                         _make_obj, _phrase_text, _reference, caption)
+import numpy as np
+
+from data.dataset import ImageTextData
+from data.shapes import (COLOURS, COLS, IMAGE_SIZE, ROWS, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
+                         _make_obj, _phrase_text, _reference, _resize_nearest, caption, render)
 
 CHANGES = ("appear", "recolour", "disappear")
 MAX_CHANGES = 3
+STORIES = {"train": 10000, "test": 200}  # what training and evaluate.py stories draw from
 NEIGHBOURS = {"below": (1, 0), "above": (-1, 0), "right of": (0, 1), "left of": (0, -1)}  # (d row, d col)
 
 
@@ -103,6 +108,37 @@ def make_stories(split="train", n=1000, seed=0):
         raise ValueError(f"unknown split {split!r} for stories; choose train or test")
     rng = random.Random(f"shapes-stories/{split}/{seed}")  # a string seed: the same stories everywhere
     return [make_story(rng, held_out=split == "test") for _ in range(n)]
+
+
+def story_images(stories, split="train", image_size=IMAGE_SIZE):
+    """Every scene of the stories drawn, story after story: story k's scenes are rows
+    sum(len(s.scenes) for s in stories[:k]) onwards. An ImageTextData, so that data.tasks.image_codes
+    tokenizes (and caches) them like any dataset; each image's caption is the text that led to it."""
+    images = np.stack([render(scene) for story in stories for scene in story.scenes])  # (M, 32, 32, 3)
+    return ImageTextData("shapes-stories", split, _resize_nearest(images, image_size),
+                         [[text] for story in stories for text in story.texts],
+                         scenes=[scene for story in stories for scene in story.scenes])
+
+
+def untouched(before, after):
+    """The objects a change left as they were: in both scenes, same shape, colour, size and cell."""
+    return set(before.key()) & set(after.key())
+
+
+def story_scores(stories, found):
+    """How well drawn stories follow their texts. found: per story, the scenes the world's scorer
+    reads from its drawn images (data.shapes_scorer.detect), one per text. -> ({k: the share of k-th
+    images that are exactly their scene}, kept, seen): of the `seen` objects that a change left alone
+    and that the image before it shows, the share `kept` that the image after it shows unchanged."""
+    hits, kept, seen = {}, 0, 0
+    for story, drawn in zip(stories, found):
+        for k, (truth, got) in enumerate(zip(story.scenes, drawn), 1):
+            hits.setdefault(k, []).append(got.key() == truth.key())
+        for before, after, drawn_before, drawn_after in zip(story.scenes, story.scenes[1:], drawn, drawn[1:]):
+            for obj in untouched(before, after) & set(drawn_before.key()):
+                seen += 1
+                kept += obj in drawn_after.key()
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, kept / max(seen, 1), seen
 
 
 def describe_scene(scene):

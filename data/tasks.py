@@ -24,10 +24,11 @@ from tqdm import tqdm
 from data.cifar10 import CIFAR_QUESTION
 from data.coco import COCO_QUESTION
 from data.shapes import caption as shapes_caption
+from data.stories import STORIES, make_stories, story_images
 from model import atomic_save, autocast, file_digest, mask_image_tokens, training_labels
 from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkpoint
 
-TASK_NAMES = ("t2i", "caption", "vqa", "lm")  # the row kinds a batch mixes (config.TaskMix's fractions)
+TASK_NAMES = ("t2i", "caption", "vqa", "lm", "story")  # the row kinds a batch mixes (config.TaskMix's fractions)
 
 
 def image_codes(ds, tokenizer_path, device, images=None):
@@ -91,11 +92,18 @@ def training_views(ds, cfg):
     return views
 
 
-def training_rows(ds, text_tokenizer, cfg, device):
-    """The TaskRows of a training run (cfg: config.ShowoTrainConfig), its augmentations included."""
+def task_rows(ds, text_tokenizer, cfg, device, training):
+    """The TaskRows of a run (cfg: config.ShowoTrainConfig) on its training data, augmentations
+    included, or on its held-out data (training=False: the images as they are). With --story-frac,
+    the stories of the same split (data/stories.py), their scenes tokenized and cached like ds."""
     codes = image_codes(ds, cfg.tokenizer, device)
-    views = [image_codes(ds, cfg.tokenizer, device, images) for images in training_views(ds, cfg)]
-    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, views, cfg.hide_codes)
+    views = [image_codes(ds, cfg.tokenizer, device, images) for images in training_views(ds, cfg)] if training else []
+    stories = None
+    if cfg.mix.story_frac > 0:
+        split = "train" if training else "test"
+        stories = make_stories(split, STORIES[split])
+        stories = (stories, image_codes(story_images(stories, split, ds.images.shape[1]), cfg.tokenizer, device))
+    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, views, cfg.hide_codes if training else 0.0, stories)
 
 
 class TaskRows:
@@ -105,6 +113,8 @@ class TaskRows:
       cifar10    class name (stage 1),         "a photo of a cat"        "what is this?" -> "cat"
                  else "a photo of a cat"
       coco       one of the captions           one of the captions       "describe the image." -> caption
+    A story row (shapes only) is not item i's: it is a story drawn at random from `stories`, a list
+    of data.stories.Story and the codes (M, N) of all their scenes, story after story.
 
     Two augmentations for training rows, both off unless asked for (they fight memorising: a
     small model that sees each CIFAR-10 image's 64 codes a few times learns their classes by heart):
@@ -114,10 +124,23 @@ class TaskRows:
                    behind [MASK], so no single code can be what the answer is learnt from
     """
 
-    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, views=(), hide_codes=0.0):
+    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, views=(), hide_codes=0.0, stories=None):
         self.ds, self.codes, self.tok, self.stage = ds, codes, text_tokenizer, stage
         self.space, self.max_text, self.max_len = model_cfg.space, model_cfg.max_text, model_cfg.max_len
         self.views, self.hide_codes = list(views), hide_codes
+        self.stories, self.story_codes = stories or (None, None)
+        self.story_len = 0  # the longest story row, the length FlexAttention pads story rows to
+        if self.stories is not None:
+            self.story_first = np.cumsum([0] + [len(s.scenes) for s in self.stories])  # story k's first scene
+            if model_cfg.flex_attention:
+                self.story_len = max(len(self.story_row(k).ids) for k in range(len(self.stories)))
+
+    def story_row(self, k):
+        """Story k as one interleaved row: [T2I] [SOT] text [EOT] [SOI] its scene [EOI] per text."""
+        segments = []
+        for text, scene in zip(self.stories[k].texts, range(self.story_first[k], self.story_first[k + 1])):
+            segments += [self.tok.encode(text), self.story_codes[scene]]
+        return self.space.interleaved(segments, self.max_text)
 
     def codes_of(self, i, rng):
         """The image codes row i shows: one of its views' or its own. A draw from rng only when there
@@ -190,6 +213,10 @@ class TaskRows:
             return self.dialogue(i, codes, rng)
         if task == "lm":
             return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
+        if task == "story":
+            if self.stories is None:
+                raise ValueError("story rows need stories (TaskRows(stories=...); --story-frac, shapes only)")
+            return self.story_row(rng.randrange(len(self.stories)))
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
 
 
@@ -220,18 +247,20 @@ def build_batch(rows_of, items, cfg, rng, gen):
     text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
     padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
     would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
-    Every loss term lives in one group, so the per-task mean losses are those of one padded batch.
+    Story rows (interleaved) have a group of their own; their images add to the t2i term, their
+    texts after an image to the mmu term (train.batch_losses merges a term's groups).
     -> [(input ids (b, L), labels (b, L), task (b,))], one per task present."""
     rows = []
     for task, n in cfg.mix.counts(len(items)).items():
         rows += [rows_of.row(task, i, rng, cfg.mix.cond_dropout) for i in items[len(rows):len(rows) + n]]
     space, groups, flex = rows_of.space, [], cfg.model.flex_attention
     # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
-    # and one group (every group would be that long, so splitting would only add forward passes).
-    length = rows_of.max_len if flex else None
-    for kinds in [TASKS] if flex else [(kind,) for kind in TASKS]:
+    # and one group of all single-image rows (every group would be that long, so splitting would only
+    # add forward passes), and story rows the longest story's length.
+    for kinds in [TASKS[:3], TASKS[3:]] if flex else [(kind,) for kind in TASKS]:
         group = [r for r in rows if r.task in kinds]
         if group:
+            length = (rows_of.story_len if kinds == ("interleaved",) else rows_of.max_len) if flex else None
             ids, text_targets, task = space.pad_rows(group, length)               # (b, L), (b, L), (b,)
             inputs, masked = mask_image_tokens(ids, task, space, gen)             # MTP: hide part of each image
             groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
