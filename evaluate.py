@@ -59,7 +59,8 @@ from data.shapes_scorer import detect, score
 from data.stories import STORIES, make_stories, story_scores
 from config import autodetect_device
 from model import atomic_save, autocast, file_digest, generate_images, generate_text
-from sample import Pipeline, generate_story, image_grid, labelled_grid, plot_losses, steps_strip, story_sheet
+from sample import (STORY_GUIDANCE, Pipeline, generate_story, image_grid, labelled_grid, plot_losses, steps_strip,
+                    story_sheet)
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 
 
@@ -402,19 +403,19 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
 
 
 def evaluate_stories(pipe, n, cfg, generator, out_dir):
-    """Mixed-modality generation on n held-out stories (data/stories.py): each image is drawn after
-    the true texts and the images drawn before it (sample.generate_story) and read back by the
+    """Mixed-modality generation on n held-out stories (data/stories.py): each image drawn (unguided)
+    after the true texts and the images drawn before it (sample.generate_story), read back by the
     world's scorer (data.stories.story_scores); stories.png shows the first six."""
     stories = make_stories("test", n)
     codes = [c for chunk in batched(stories, cfg["batch"]) for c in generate_story(
-        pipe, [s.texts for s in chunk], generator, steps=cfg["steps"], guidance=cfg["guidance"])]
+        pipe, [s.texts for s in chunk], generator, steps=cfg["steps"], guidance=STORY_GUIDANCE)]
     images = [pipe.decode_codes(torch.stack(c)) for c in codes]                      # per story (k, H, W, 3)
     accuracy_at, kept, seen = story_scores(stories, [[detect(img) for img in drawn] for drawn in images])
     if out_dir:
         story_sheet(images[:6], [s.texts for s in stories[:6]]).save(os.path.join(out_dir, "stories.png"))
     print(f"stories: scene accuracy by image {accuracy_at}; unchanged objects kept {kept:.3f} (of {seen})")
     return dict(scene_accuracy={f"image {k}": round(v, 4) for k, v in accuracy_at.items()}, kept=round(kept, 4),
-                kept_of=seen, stories=n)
+                kept_of=seen, stories=n, guidance=STORY_GUIDANCE)
 
 
 def evaluate_captions(pipe, ds, cfg, generator, out_dir):
@@ -567,8 +568,7 @@ def main(argv=None):
     sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")
     sh.add_argument("--seed", type=int, default=0, help="sampling seed")
-    sh.add_argument("--stories", type=int, default=None,
-                    help=f"shapes: held-out stories to draw (default {STORIES['test']} if it trained on stories, else 0)")
+    sh.add_argument("--stories", type=int, help=f"shapes: held-out stories to draw (default {STORIES['test']} if it trained on them)")
     sh.add_argument("--out", default=None, help="folder for samples.png")
     sh.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = parser.parse_args(argv)
