@@ -96,6 +96,8 @@ def test_extrapolation_keeps_the_original_and_stitches_the_new_band(showo_run, t
     (["--task", "caption"], "needs --image"),
     (["--task", "vqa", "--image", "x.png"], "needs --question"),
     (["--task", "inpaint", "--image", "x.png"], "needs --mask"),
+    (["--task", "story"], "--task story needs --prompt (the first scene) and --then"),
+    (["--then", "the circle turns green"], "--then is for stories"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_clear_message(showo_run, args, message):
     out = subprocess.run([sys.executable, "sample.py", "--ckpt", str(showo_run), "--prompt", "a"] + args,
@@ -195,3 +197,35 @@ def test_caption_scene_reads_back_full_descriptions_only():
     assert caption_scene("a red circle") is None             # true of many scenes: not a full description
     assert caption_scene("a red circle above a blue square") is None
     assert caption_scene("not the grammar at all") is None
+
+
+@pytest.fixture(scope="module")
+def story_run(tokenizer):
+    """A 2-step stage-3 run with story rows in its batches (--story-frac)."""
+    import train
+    from conftest import TINY_SHOWO
+    out = tokenizer.parent / "stories"
+    train.main(["showo"] + TINY_SHOWO + ["--tokenizer", str(tokenizer), "--out", str(out), "--max-steps", "2",
+                                         "--eval-every", "2", "--stage", "3", "--story-frac", "0.5"])
+    return out
+
+
+def test_story_draws_one_image_per_text_and_writes_the_strip(story_run, showo_run, tmp_path, capsys):
+    images = run(story_run, tmp_path, "--task", "story", "--prompt", "a large red circle in the top left",
+                 "--then", "a small blue square appears below the red circle", "--then", "the circle turns green")
+    assert images.shape == (3, 16, 16, 3) and (tmp_path / "story.png").exists()
+    assert "not trained on stories" not in capsys.readouterr().out
+    run(showo_run, tmp_path, "--task", "story", "--prompt", "a", "--then", "b")
+    assert "not trained on stories" in capsys.readouterr().out  # the tiny stage-1 run had none
+
+
+def test_evaluate_showo_draws_held_out_stories_for_a_checkpoint_trained_on_them(story_run, tmp_path, monkeypatch):
+    import evaluate
+    monkeypatch.setattr(evaluate, "STORIES", {"test": 3})  # the default number of stories, made small
+    result = evaluate.evaluate_showo(str(story_run), "shapes", limit=8, prompts=1, steps=2, device="cpu",
+                                     out_dir=str(tmp_path))
+    stories = result["stories"]
+    assert stories["stories"] == 3 and set(stories["scene_accuracy"]) <= {f"image {k}" for k in range(1, 5)}
+    assert "image 2" in stories["scene_accuracy"] and 0 <= stories["kept"] <= 1 and (tmp_path / "stories.png").exists()
+    assert "stories" not in evaluate.evaluate_showo(str(story_run), "shapes", limit=8, prompts=1, steps=2,
+                                                    device="cpu", stories=0)

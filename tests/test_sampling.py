@@ -252,3 +252,26 @@ def test_bench_sample_reports_speedups():
     assert set(result["maskgit_over_ar_speedup"]) == {"16_tokens_T8", "16_tokens_T16"}
     assert result["kv_cache_speedup"] > 0 and result["forward_passes"]["16_tokens_T8"]["autoregressive"] == 17
     assert set(result["prefix_cache_speedup"]) == {"16_tokens"} and result["prefix_cache_speedup"]["16_tokens"] > 0
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_a_story_so_far_draws_the_same_images_cached_as_recomputed(any_model, guidance):
+    """generate_images(stories=...): the image after a story's texts and images (different lengths,
+    left-padded together, one with two images before it) is the same with the story computed once
+    (the frozen prompt cache) as with the whole row at every step."""
+    space, n = any_model.space, any_model.cfg.image_tokens
+    image = torch.arange(n) % space.codebook_size
+    stories = [[[1, 2, 3], image, [4, 5]], [[6], image.flip(0), [7, 8, 9], image, [10]], [[11, 12]]]
+    cached, recomputed = (generate_images(any_model, None, steps=6, guidance=guidance, stories=stories, record=True,
+                                          cache_prompt=c, generator=torch.Generator().manual_seed(0))
+                          for c in (True, False))
+    assert cached[0].shape == (3, n) and torch.equal(cached[0], recomputed[0])
+    assert all(torch.equal(a, b) for a, b in zip(cached[1], recomputed[1]))
+
+
+def test_a_story_of_one_text_draws_the_image_of_that_text_to_image_prompt(model):
+    """A story of one text is laid out exactly as the text-to-image row of that prompt, so the same
+    seed draws the same image: a story's first image is text-to-image."""
+    story = generate_images(model, None, steps=4, stories=[[[1, 2, 3]]], generator=torch.Generator().manual_seed(1))
+    alone = generate_images(model, [[1, 2, 3]], steps=4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(story[0], alone[0])

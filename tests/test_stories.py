@@ -68,3 +68,58 @@ def test_a_change_the_scene_cannot_take_is_refused():
         change_scene(Scene(full.objects[:1]), random.Random(0), "disappear")
     assert {change_scene(full, random.Random(k))[0].split()[-1] for k in range(40)} >= {"disappears"}
     assert set(CHANGES) == {"appear", "recolour", "disappear"}
+
+
+def test_story_scores_need_both_the_change_and_the_untouched_objects():
+    """Drawing every true scene scores 1 on both; drawing the first scene again and again keeps
+    every untouched object but misses every change; drawing nothing after the first image keeps none."""
+    from data.shapes import Scene
+    from data.stories import story_scores, untouched
+    stories = make_stories("test", 40)
+    untouched_total = sum(len(untouched(a, b)) for s in stories for a, b in zip(s.scenes, s.scenes[1:]))
+    accuracy, kept, seen = story_scores(stories, [s.scenes for s in stories])
+    assert set(accuracy.values()) == {1.0} and kept == 1.0 and seen == untouched_total > 0
+    accuracy, kept, _ = story_scores(stories, [[s.scenes[0]] * len(s.scenes) for s in stories])
+    assert accuracy[1] == 1.0 and accuracy[2] == 0.0 and kept == 1.0  # every change alters the scene
+    accuracy, kept, _ = story_scores(stories, [[s.scenes[0]] + [Scene(())] * (len(s.scenes) - 1) for s in stories])
+    assert kept == 0.0
+
+
+def test_a_story_row_shows_each_scene_right_after_the_text_that_leads_to_it(tokenizer):
+    """[T2I] [SOT] text 1 [EOT] [SOI] scene 1 [EOI] [SOT] text 2 [EOT] [SOI] scene 2 [EOI] ...: the
+    codes of image k are those of the story's k-th scene, and its texts after an image are targets."""
+    import random
+
+    import data
+    import torch
+    from data.stories import story_images
+    from data.tasks import TaskRows, image_codes
+    from model import ShowoConfig
+    from tokenizer import TextTokenizer
+    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
+    stories = make_stories("train", 5)
+    images = story_images(stories, "train", 16)
+    codes = image_codes(images, tokenizer, torch.device("cpu"))
+    ds = data.load("shapes", "train", image_size=16, limit=4)
+    rows = TaskRows(ds, codes[:4], text, cfg, stage=3, stories=(stories, codes))
+    assert images.scenes == [scene for s in stories for scene in s.scenes] and len(images) == len(codes)
+    space, first = cfg.space, 0
+    for k, story in enumerate(stories):
+        row = rows.story_row(k)
+        expected = [space.t2i_token]
+        for j, t in enumerate(story.texts):
+            expected += space.text_span(text.encode(t), cfg.max_text) + space.image_span(codes[first + j])
+        assert row.ids == expected and row.task == "interleaved"
+        first += len(story.scenes)
+        targets = [i for i, is_target in enumerate(row.text_targets) if is_target]
+        assert targets and min(targets) > row.ids.index(space.eoi)  # only text after the first image is a target
+    assert rows.row("story", 0, random.Random(0)).task == "interleaved"
+    with pytest.raises(ValueError, match="story rows need stories"):
+        TaskRows(ds, codes[:4], text, cfg, stage=3).row("story", 0, random.Random(0))
+
+
+def test_stories_are_refused_outside_the_shapes_world():
+    import config
+    with pytest.raises(ValueError, match="shapes world only"):
+        config.ShowoTrainConfig(dataset="cifar10", data_dir="x", mix=config.TaskMix(story_frac=0.5))

@@ -106,22 +106,36 @@ def test_held_out_losses_see_each_item_once(tokenizer, monkeypatch):
     assert sorted(seen) == list(range(40)) and set(losses) == {"t2i", "mmu", "lm"}
 
 
-def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer):
-    """A batch is built as one padded group per loss term (less padding to compute); padding those
-    groups to one common length and running them together gives the same losses."""
-    import random
+def story_rows(tokenizer, flex=False):
+    """(TaskRows of 32 shapes images and 20 stories, the 2-layer model's config) over the tiny tokenizers."""
     import data
-    from model import IGNORE, Showo, ShowoConfig
-    from tokenizer import TASKS, TextTokenizer
+    from data.stories import make_stories, story_images
+    from model import ShowoConfig
+    from tokenizer import TextTokenizer
     ds = data.load("shapes", "train", image_size=16, limit=32)
     text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
     model_cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16, n_layer=2,
-                            n_embd=32, n_head=2)
-    rows = TaskRows(ds, image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, stage=3)
-    cfg = config.ShowoTrainConfig(batch_size=32, mix=config.TaskMix(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3, lm_frac=0.1))
+                            n_embd=32, n_head=2, flex_attention=flex)
+    stories = make_stories("train", 20)
+    stories = (stories, image_codes(story_images(stories, "train", 16), tokenizer, torch.device("cpu")))
+    return TaskRows(ds, image_codes(ds, tokenizer, torch.device("cpu")), text, model_cfg, 3, stories=stories), model_cfg
+
+
+@pytest.mark.parametrize("story_frac", [0.0, 0.3])
+def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer, story_frac):
+    """A batch is built as one padded group per row kind (less padding to compute); padding those
+    groups to one common length and running them together gives the same losses. With stories, the
+    t2i and mmu terms each come from two groups (batch_losses weighs them by their positions)."""
+    import random
+    from model import IGNORE, Showo
+    from tokenizer import TASKS
+    rows, model_cfg = story_rows(tokenizer)
+    cfg = config.ShowoTrainConfig(batch_size=32, mix=config.TaskMix(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.3,
+                                                                    lm_frac=0.1, story_frac=story_frac))
     groups = build_batch(rows, list(range(32)), cfg, random.Random(0), torch.Generator().manual_seed(0))
-    assert sorted(TASKS[g[2][0]] for g in groups) == ["lm", "mmu", "t2i"]
-    assert all(len(set(g[2].tolist())) == 1 for g in groups) and len({g[0].shape[1] for g in groups}) == 3
+    kinds = ["lm", "mmu", "t2i"] + (["interleaved"] if story_frac else [])
+    assert sorted(TASKS[g[2][0]] for g in groups) == sorted(kinds)
+    assert all(len(set(g[2].tolist())) == 1 for g in groups) and len({g[0].shape[1] for g in groups}) == len(kinds)
     torch.manual_seed(0)
     model, space = Showo(model_cfg).eval(), model_cfg.space
     grouped = train.batch_losses(model, groups, torch.device("cpu"))  # what a training step computes
@@ -136,6 +150,19 @@ def test_task_groups_give_the_losses_of_one_padded_batch(tokenizer):
     assert set(together) == set(grouped) == {"t2i", "mmu", "lm"}
     for name in together:
         torch.testing.assert_close(together[name], grouped[name], rtol=1e-5, atol=1e-5)
+
+
+def test_flex_attention_batches_have_one_length_per_kind_of_row(tokenizer):
+    """FlexAttention compiles a kernel per sequence length: every single-image row is padded to the
+    longest possible one (ShowoConfig.max_len), every story row to the longest story's."""
+    import random
+    rows, model_cfg = story_rows(tokenizer, flex=True)
+    cfg = config.ShowoTrainConfig(model=model_cfg, batch_size=32, mix=config.TaskMix(
+        t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.2, lm_frac=0.1, story_frac=0.3))
+    assert rows.story_len == max(len(rows.story_row(k).ids) for k in range(20)) > model_cfg.max_len
+    for step in range(3):
+        groups = build_batch(rows, list(range(32)), cfg, random.Random(step), torch.Generator().manual_seed(step))
+        assert [g[0].shape[1] for g in groups] == [model_cfg.max_len, rows.story_len]
 
 
 def test_checkpoint_from_another_tokenizer_is_refused(tokenizer, tmp_path):
