@@ -49,7 +49,7 @@ import data
 import distributed
 from config import (FROM_TOKENIZERS, RESUME_MUST_MATCH, SHOWO_PRESETS, SHOWO_RESUME_MUST_MATCH, SHOWO_STAGES,
                     TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, add_config_arguments, autodetect_device,
-                    check_run_options, config_from_args, pipeline_recipe)
+                    TaskMix, check_run_options, config_from_args, pipeline_recipe)
 from data.tasks import batch_indices, build_batch, seeded, showo_batch, task_rows
 from evaluate import evaluate_pipeline, held_out_split, print_pipeline_summary, psnr, reconstruct
 from model import (Showo, atomic_save, autocast, file_digest, load_showo, loss_positions, optimizer_groups,
@@ -298,14 +298,14 @@ def batch_losses(model, groups, device):
     """The per-task losses of one batch built by build_batch: one forward pass per row group. A term
     found in several groups (story rows add to t2i and mmu) is the mean over all its positions: each
     group's mean weighted by its count of loss positions (model.loss_positions)."""
-    sums, counts = {}, {}
+    losses, counts = {}, {}
     for ids, labels, task in groups:
         with autocast(device):
             _, group_losses = model(ids.to(device), labels.to(device), task.to(device))
-        for name, loss in group_losses.items():
-            n = int(loss_positions(labels, task, model.space)[name].sum())
-            sums[name], counts[name] = sums.get(name, 0) + loss * n, counts.get(name, 0) + n
-    return {name: sums[name] / counts[name] for name in sums}
+        for name, loss in group_losses.items():  # a term of one group is its loss exactly, as it was
+            n, m = int(loss_positions(labels, task, model.space)[name].sum()), counts.get(name, 0)
+            losses[name], counts[name] = (loss if m == 0 else (losses[name] * m + loss * n) / (m + n)), m + n
+    return losses
 
 
 class StepLosses(torch.nn.Module):
@@ -380,7 +380,7 @@ def showo_and_optimizer(cfg, ckpt_path, device, files):
         # the options that fix the data and the schedule must match, or the losses after resuming
         # would not be the uninterrupted run's
         saved = resume_ckpt.get("train_config", {})
-        saved = {**saved, **saved.get("mix", {})}                  # the batch mix's options inline
+        saved = {**asdict(TaskMix()), **saved, **saved.get("mix", {})}  # mix inline; newer options: defaults
         now = {**asdict(cfg), **asdict(cfg.mix)}
         changed = [k for k in SHOWO_RESUME_MUST_MATCH if saved.get(k) != now[k]]
         if model.cfg != cfg.model or changed:

@@ -22,7 +22,9 @@ Objects are named as the question/answer pairs name them (data.shapes._reference
 fit exactly one object of the scene before the change. So every scene of a story follows from its
 first caption and the changes before it, and an image generated for it can be judged against the
 true scene; objects a change does not touch must stay as they were. Held-out stories start from the
-world's held-out scenes (data.shapes._in_test_split); their later scenes may be any.
+world's held-out scenes (data.shapes._in_test_split), their later scenes may be any; every scene of
+a training story is outside them, so no held-out image (objects sit at their cells' centres, so a
+scene is one image) is ever trained on.
 """
 import argparse
 import random
@@ -87,19 +89,23 @@ def change_scene(scene, rng, kind=None):
 
 def make_story(rng, held_out=False, changes=None):
     """One story from a random scene of 1-2 objects (from the held-out part of the world when
-    held_out) and `changes` changes (default: 1 to MAX_CHANGES)."""
+    held_out) and `changes` changes (default: 1 to MAX_CHANGES). A training story's changes are drawn
+    again while they would lead into the held-out part."""
+    changes = rng.randint(1, MAX_CHANGES) if changes is None else changes
     while True:
         cells = sorted(rng.sample(range(4), rng.randint(1, 2)))
         scene = Scene(tuple(_make_obj(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)),
                                       c // 2, c % 2) for c in cells))
-        if _in_test_split(scene) == held_out:  # rejection keeps the splits' first scenes disjoint
-            break
-    texts, scenes = [caption(scene, rng, "description")[0]], [scene]
-    for _ in range(rng.randint(1, MAX_CHANGES) if changes is None else changes):
-        text, scene = change_scene(scene, rng)
-        texts.append(text)
-        scenes.append(scene)
-    return Story(tuple(texts), tuple(scenes))
+        if _in_test_split(scene) != held_out:  # rejection keeps the splits' first scenes disjoint
+            continue
+        texts, scenes = [caption(scene, rng, "description")[0]], [scene]
+        for _ in range(changes * 50):  # a handful of draws each, nearly always
+            text, after = change_scene(scenes[-1], rng)
+            if held_out or not _in_test_split(after):
+                texts.append(text)
+                scenes.append(after)
+            if len(scenes) == changes + 1:
+                return Story(tuple(texts), tuple(scenes))
 
 
 def make_stories(split="train", n=1000, seed=0):

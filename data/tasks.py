@@ -101,7 +101,7 @@ def task_rows(ds, text_tokenizer, cfg, device, training):
     stories = None
     if cfg.mix.story_frac > 0:
         split = "train" if training else "test"
-        stories = make_stories(split, STORIES[split])
+        stories = make_stories(split, STORIES[split], seed=cfg.seed if training else 0)  # held out: the same everywhere
         stories = (stories, image_codes(story_images(stories, split, ds.images.shape[1]), cfg.tokenizer, device))
     return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, views, cfg.hide_codes if training else 0.0, stories)
 
