@@ -457,9 +457,9 @@ def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, kno
             else [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts])
     B = len(rows)
     rows += [space.t2i([], n)] * B if guidance > 0 else []  # the unconditional twins, after the conditional rows
-    # left-padded: every row's image slots are its last n + 1 .. 1. FlexAttention compiles per shape:
-    # give a text-to-image batch the one longest length, as in training.
-    flex_len = model.cfg.max_len if model.cfg.flex_attention and stories is None else None
+    # left-padded (image slots last). FlexAttention compiles per shape: the longest row of this many texts
+    texts = 1 if stories is None else max((len(s) + 1) // 2 for s in stories)  # text, image, ..., text
+    flex_len = 1 + texts * (model.cfg.max_text + n + 4) if model.cfg.flex_attention else None  # 1 text: max_len
     ids = space.pad_rows(rows, flex_len, left=True)[0].to(device)
     known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
     if known.shape != (B, n):

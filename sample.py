@@ -37,9 +37,10 @@ from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, ten
 # MaskGIT loop of model.generate_images, the text tasks the next-token loop of model.generate_text.
 TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm", "story")
 DIRECTIONS = ("left", "right", "up", "down")
+GUIDANCE = 2.0  # classifier-free guidance s of every image task but stories (the evaluation's)
 # Stories are drawn without guidance: their texts pin every object down, and guidance, which raises
 # in every cell what the text makes likely, adds objects (first images of held-out stories drawn as
-# exactly their scene: 0.95 at s = 0, 0.37 at s = 2, 0.04 at s = 4; docs/findings.md)
+# exactly their scene after the README's story run: 0.965 at s = 0, 0.455 at s = 2, 0.16 at s = 4)
 STORY_GUIDANCE = 0.0
 
 
@@ -278,7 +279,7 @@ def stitch(panorama, frame, direction, grid_px, shift_px):
 
 def image_options(args):
     """The MaskGIT options every image task shares: T steps, guidance scale s, re-masking noise."""
-    guidance = args.cfg if args.cfg is not None else STORY_GUIDANCE if args.task == "story" else 2.0
+    guidance = args.cfg if args.cfg is not None else STORY_GUIDANCE if args.task == "story" else GUIDANCE
     return dict(steps=args.steps, guidance=guidance, temperature=args.remask_temperature)
 
 
@@ -450,8 +451,8 @@ def check_args(parser, args):
         parser.error("--task vqa needs --question")
     if args.task == "inpaint" and not args.mask:
         parser.error("--task inpaint needs --mask (a PNG or a box x0,y0,x1,y1)")
-    if (args.task == "story") != bool(args.then):
-        parser.error("--task story needs --prompt (the first scene) and --then (each change); --then is for stories")
+    if (args.task == "story") != bool(args.then) or (args.task == "story" and len(args.prompt or []) > 1):
+        parser.error("--task story needs one --prompt (the first scene) and --then (each change); --then is for stories")
     if args.prompt is None:
         if args.task in ("t2i", "lm", "story"):
             parser.error(f"--task {args.task} needs --prompt (--prompt \"\" samples unconditionally)")

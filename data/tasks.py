@@ -6,7 +6,7 @@ tasks and masked for the MTP loss.
     from data.tasks import TaskRows, showo_batch
     rows = TaskRows(ds, codes, text_tokenizer, model_cfg, stage=3)
     row = rows.row("vqa", i, random.Random(0))      # a tokenizer.Row, laid out by TokenSpace
-    groups = showo_batch(rows, step, cfg)           # [(input ids, labels, task)], one per loss term
+    groups = showo_batch(rows, step, cfg)           # [(input ids, labels, task)], one per kind of row
 
 The layouts themselves ([T2I] [SOT] text [EOT] [SOI] image [EOI], ...) belong to
 tokenizer.TokenSpace; this file only decides which text goes into them, which depends on what the
@@ -243,19 +243,19 @@ def seeded(*parts):
 
 def build_batch(rows_of, items, cfg, rng, gen):
     """Dataset items -> one batch with its rows split over the tasks by the configured fractions,
-    prompts dropped for guidance, and images masked for MTP, as one padded group per loss term:
+    prompts dropped for guidance, and images masked for MTP, as one padded group per kind of row:
     text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
     padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
     would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
     Story rows (interleaved) have a group of their own; their images add to the t2i term, their
     texts after an image to the mmu term (train.batch_losses merges a term's groups).
-    -> [(input ids (b, L), labels (b, L), task (b,))], one per task present."""
+    -> [(input ids (b, L), labels (b, L), task (b,))], one per kind of row present."""
     rows = []
     for task, n in cfg.mix.counts(len(items)).items():
         rows += [rows_of.row(task, i, rng, cfg.mix.cond_dropout) for i in items[len(rows):len(rows) + n]]
     space, groups, flex = rows_of.space, [], cfg.model.flex_attention
     # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
-    # and one group of all single-image rows (every group would be that long, so splitting would only
+    # and one group of all non-story rows (every group would be that long, so splitting would only
     # add forward passes), and story rows the longest story's length.
     for kinds in [TASKS[:3], TASKS[3:]] if flex else [(kind,) for kind in TASKS]:
         group = [r for r in rows if r.task in kinds]

@@ -96,7 +96,8 @@ def test_extrapolation_keeps_the_original_and_stitches_the_new_band(showo_run, t
     (["--task", "caption"], "needs --image"),
     (["--task", "vqa", "--image", "x.png"], "needs --question"),
     (["--task", "inpaint", "--image", "x.png"], "needs --mask"),
-    (["--task", "story"], "--task story needs --prompt (the first scene) and --then"),
+    (["--task", "story"], "--task story needs one --prompt (the first scene) and --then"),
+    (["--task", "story", "--prompt", "b", "--then", "c"], "needs one --prompt"),
     (["--then", "the circle turns green"], "--then is for stories"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_clear_message(showo_run, args, message):
@@ -217,6 +218,26 @@ def test_story_draws_one_image_per_text_and_writes_the_strip(story_run, showo_ru
     assert "not trained on stories" not in capsys.readouterr().out
     run(showo_run, tmp_path, "--task", "story", "--prompt", "a", "--then", "b")
     assert "not trained on stories" in capsys.readouterr().out  # the tiny stage-1 run had none
+
+
+def test_each_image_of_a_story_is_drawn_after_every_text_and_image_before_it(showo_run, monkeypatch):
+    """generate_story's k-th call passes each story still going as text 1, image 1, ..., text k + 1;
+    a story with fewer texts drops out of the batch."""
+    calls = []
+
+    def fake_generate_images(model, prompts, stories, **options):
+        calls.append(stories)
+        return torch.stack([torch.full((16,), 10 * len(calls) + b) for b in range(len(stories))]), []
+    monkeypatch.setattr(sample, "generate_images", fake_generate_images)
+    pipe = sample.Pipeline(str(showo_run), "cpu")
+    codes = sample.generate_story(pipe, [["a", "b", "c"], ["d"], ["e", "f"]], None)
+    t = pipe.encode_text
+    assert [len(c) for c in calls] == [3, 2, 1] and [len(c) for c in codes] == [3, 1, 2]
+    assert calls[0] == [[t("a")], [t("d")], [t("e")]]
+    assert calls[1][0][0] == t("a") and torch.equal(calls[1][0][1], codes[0][0]) and calls[1][0][2] == t("b")
+    assert calls[1][1][:1] == [t("e")] and torch.equal(calls[1][1][1], codes[2][0]) and calls[1][1][2] == t("f")
+    assert len(calls[2][0]) == 5 and torch.equal(calls[2][0][3], codes[0][1]) and calls[2][0][4] == t("c")
+    assert codes[0][2][0] == 30 and codes[2][1][0] == 21  # each story gets its own row of every call
 
 
 def test_evaluate_showo_draws_held_out_stories_for_a_checkpoint_trained_on_them(story_run, tmp_path, monkeypatch):

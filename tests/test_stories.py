@@ -5,7 +5,7 @@ import re
 import pytest
 
 from data.shapes import _in_test_split, _LOCATIONS, _parse_phrase, parse_caption
-from data.stories import CHANGES, MAX_CHANGES, NEIGHBOURS, change_scene, make_stories
+from data.stories import MAX_CHANGES, NEIGHBOURS, change_scene, make_stories
 
 
 def the_one(words, scene):
@@ -52,7 +52,8 @@ def test_every_scene_of_a_story_follows_from_its_words():
 
 def test_held_out_stories_start_from_held_out_scenes_and_every_split_is_reproducible():
     test, train = make_stories("test", 50), make_stories("train", 50)
-    assert all(_in_test_split(s.scenes[0]) for s in test) and not any(_in_test_split(s.scenes[0]) for s in train)
+    assert all(_in_test_split(s.scenes[0]) for s in test)
+    assert not any(_in_test_split(scene) for s in train for scene in s.scenes)  # no held-out image is trained on
     assert make_stories("test", 50) == test and make_stories("test", 50, seed=1) != test
 
 
@@ -66,8 +67,9 @@ def test_a_change_the_scene_cannot_take_is_refused():
         change_scene(full, random.Random(0), "appear")
     with pytest.raises(ValueError, match="cannot take the change 'disappear'"):
         change_scene(Scene(full.objects[:1]), random.Random(0), "disappear")
-    assert {change_scene(full, random.Random(k))[0].split()[-1] for k in range(40)} >= {"disappears"}
-    assert set(CHANGES) == {"appear", "recolour", "disappear"}
+    sentences = [change_scene(full, random.Random(k))[0] for k in range(40)]  # random kinds of change
+    assert not any(" appears " in t for t in sentences)                       # a full scene takes no new one
+    assert any(t.endswith(" disappears") for t in sentences) and any(" turns " in t for t in sentences)
 
 
 def test_story_scores_need_both_the_change_and_the_untouched_objects():
