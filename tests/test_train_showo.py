@@ -43,6 +43,18 @@ def test_training_writes_checkpoint_log_and_token_cache(tokenizer, tmp_path):
     assert list(cache.glob("codes-shapes-train-64-*.pt")) and list(cache.glob("codes-shapes-test-16-*.pt"))
 
 
+def test_a_checkpoint_saved_before_an_option_existed_resumes_with_its_default(tokenizer, tmp_path):
+    """A run saved before --story-frac existed has no such field; resuming it must not count that
+    as a changed option (the option's default is what the run had)."""
+    showo(tokenizer, tmp_path, "--max-steps", "2", "--eval-every", "2")
+    ckpt = torch.load(tmp_path / "showo.pt", weights_only=False)
+    del ckpt["train_config"]["mix"]["story_frac"]
+    torch.save(ckpt, tmp_path / "showo.pt")
+    showo(tokenizer, tmp_path, "--max-steps", "2", "--eval-every", "2", "--resume")  # finished: nothing to do
+    with pytest.raises(SystemExit, match="--story-frac"):  # a real change is still refused
+        showo(tokenizer, tmp_path, "--max-steps", "2", "--eval-every", "2", "--resume", "--story-frac", "0.5")
+
+
 def test_cached_codes_are_reused_without_running_the_image_encoder(tokenizer, tmp_path, monkeypatch):
     showo(tokenizer, tmp_path / "a", "--max-steps", "1", "--eval-every", "1")
     monkeypatch.setattr(train, "load_image_tokenizer",
