@@ -59,8 +59,8 @@ from data.shapes_scorer import detect, score
 from data.stories import STORIES, make_stories, story_scores
 from config import autodetect_device
 from model import atomic_save, autocast, file_digest, generate_images, generate_text
-from sample import (STORY_GUIDANCE, Pipeline, generate_story, image_grid, labelled_grid, plot_losses, steps_strip,
-                    story_sheet)
+from sample import (GUIDANCE, STORY_GUIDANCE, Pipeline, generate_story, image_grid, labelled_grid, plot_losses,
+                    steps_strip, story_sheet)
 from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
 
 
@@ -439,7 +439,7 @@ def held_out_split(dataset):
 
 
 def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
-                   steps=12, guidance=2.0, batch=64, seed=0, out_dir=None, stories=None):
+                   steps=12, guidance=GUIDANCE, batch=64, seed=0, out_dir=None, stories=None):
     """A Show-o checkpoint with the tokenizers it was trained with -> dict of metrics (module
     docstring); samples.png in out_dir. The main job calls it after stage 3. stories: held-out
     stories to draw (shapes; default: STORIES["test"] if it was trained on stories, else none)."""
@@ -453,7 +453,7 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
     t0 = time.time()
     if dataset == "shapes":
         result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
-        if stories or (stories is None and pipe.ckpt.get("train_config", {}).get("mix", {}).get("story_frac")):
+        if stories or (stories is None and pipe.trained_on_stories):
             result["stories"] = evaluate_stories(pipe, stories or STORIES["test"], cfg, generator, out_dir)
     elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
         if ds.split == "train":
@@ -500,7 +500,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
                                       out_dir=run_dir)
     prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"][0]["truth"]
     pipe = Pipeline(showo_ckpt)
-    _, history = generate_images(pipe.model, [pipe.encode_text(prompt)], steps=12, guidance=2.0,
+    _, history = generate_images(pipe.model, [pipe.encode_text(prompt)], steps=12, guidance=GUIDANCE,
                                  generator=torch.Generator().manual_seed(seed), record=True)
     steps_strip(pipe, history).save(os.path.join(run_dir, "steps.png"))
     plot_losses(logs, os.path.join(run_dir, "losses.png"))
@@ -565,7 +565,7 @@ def main(argv=None):
     sh.add_argument("--prompts", type=int, default=100,
                     help="shapes: prompts per GenEval category; cifar10: samples per class")
     sh.add_argument("--steps", type=int, default=12, help="MaskGIT steps")
-    sh.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
+    sh.add_argument("--cfg", type=float, default=GUIDANCE, help="classifier-free guidance scale")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")
     sh.add_argument("--seed", type=int, default=0, help="sampling seed")
     sh.add_argument("--stories", type=int, help=f"shapes: held-out stories to draw (default {STORIES['test']} if it trained on them)")

@@ -37,7 +37,7 @@ from tokenizer import TextTokenizer, images_to_tensor, load_image_tokenizer, ten
 # MaskGIT loop of model.generate_images, the text tasks the next-token loop of model.generate_text.
 TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm", "story")
 DIRECTIONS = ("left", "right", "up", "down")
-GUIDANCE = 2.0  # classifier-free guidance s of every image task but stories (the evaluation's)
+GUIDANCE = 2.0  # classifier-free guidance s of every image task but stories (evaluate.py's too)
 # Stories are drawn without guidance: their texts pin every object down, and guidance, which raises
 # in every cell what the text makes likely, adds objects (first images of held-out stories drawn as
 # exactly their scene after the README's story run: 0.965 at s = 0, 0.455 at s = 2, 0.16 at s = 4)
@@ -70,6 +70,11 @@ class Pipeline:
         self.text = TextTokenizer.from_file(text_path)
         self.grid = self.image_tokenizer.cfg.latent_size          # tokens per side (4 with the shapes preset)
         self.image_size = self.image_tokenizer.cfg.image_size
+
+    @property
+    def trained_on_stories(self):
+        """Did the checkpoint's batches hold story rows (--story-frac)?"""
+        return bool(self.ckpt.get("train_config", {}).get("mix", {}).get("story_frac"))
 
     @staticmethod
     def find(candidates, digest, what, ckpt_path):
@@ -318,7 +323,7 @@ def generate_story(pipe, stories, generator, **options):
 def run_story(pipe, args, generator):
     """A story: --prompt describes the first scene, each --then one change ("then " is added when it
     is missing); story.png shows the images in a row, each text under its image."""
-    if not pipe.ckpt.get("train_config", {}).get("mix", {}).get("story_frac"):
+    if not pipe.trained_on_stories:
         print(f"warning: {args.ckpt} was not trained on stories (--story-frac): its images after the first follow no story")
     texts = args.prompt[:1] + [t if t.startswith("then ") else "then " + t for t in args.then]
     images = pipe.decode_codes(torch.stack(generate_story(pipe, [texts], generator, **image_options(args))[0]))
