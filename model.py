@@ -10,51 +10,47 @@ ids, special tokens and image codes, trained with two objectives at once (sectio
 
 Follow one training row: tokenizer.TokenSpace lays it out ([T2I] [SOT] text [EOT] [SOI] image [EOI]),
 `mask_image_tokens` hides part of the image, `Showo.forward` embeds the ids, runs the blocks under
-the omni-attention mask of those ids, and `task_losses` projects the positions that carry a loss to
-the whole vocabulary and scores the masked image positions and the text targets; `joint_loss`
-weights them (section 3.3, equation 4).
+the omni-attention mask of those ids, and `task_losses` scores the masked image positions and the
+text targets; `joint_loss` weights them (section 3.3, equation 4). Sampling (section 3.5):
+`generate_images` (MaskGIT, with guidance; inpainting, extrapolation and stories are all "a prefix,
+then a canvas") and `generate_text` (greedy or sampled decoding with a KV cache).
 
 Architecture (section 3.1): pre-norm blocks of multi-head attention and an MLP, RoPE positions, and
 QK-Norm (a LayerNorm over each head's query and key, after the projections and before RoPE), the
 one change Show-o makes to its LLM, which keeps attention logits bounded when image and text tokens
 of very different statistics share one softmax. `ShowoConfig()` is that model. Our additions for a
-toy model trained from scratch, each one option and off by default, live in the "Additions" section
-below: a learned grid-slot embedding for [MASK] tokens (slot_embedding), a short causal convolution
-over text embeddings (text_conv), and a learned map of each image code's K bits (code_bits).
+toy model trained from scratch, each one option and off by default, live in the "Additions" section:
+a learned grid-slot embedding for [MASK] tokens (slot_embedding), a short causal convolution over
+text embeddings (text_conv), and a learned map of each image code's K bits (code_bits).
 """
-import hashlib
 import math
-import os
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import attention, image_span_index, omni_attention_mask, omni_block_mask
-from tokenizer import TASKS, TokenSpace, read_checkpoint
+from attention import attention, image_span_index, omni_attention_mask
+from tokenizer import TASKS, TokenSpace, option, read_checkpoint
 
 IGNORE = -100  # label of positions without a loss (F.cross_entropy's ignore_index)
 
 
 @dataclass
 class ShowoConfig:
-    """Show-o as published by default. The options under "Additions" are ours (section below)."""
-    text_vocab_size: int = 512     # ids of the BPE text tokenizer           } set from the tokenizers
-    codebook_size: int = 1024      # 2^K image codes of the LFQ tokenizer    } by train.py, not by hand
-    image_tokens: int = 64         # tokens per image (h * w of its grid)    }
-    n_layer: int = 4               # transformer blocks
-    n_head: int = 4                # attention heads, each with its own QK-Norm'd queries and keys
-    n_embd: int = 256              # width of the residual stream
-    mlp_ratio: int = 4             # MLP hidden width = mlp_ratio * n_embd
-    rope_base: float = 10000.0     # RoPE's base: channel pair i turns at rope_base^(-2i/head_dim)
-    max_text: int = 40             # text ids per [SOT]..[EOT] span; longer text is cut
-    flex_attention: bool = False   # CUDA only: FlexAttention with a block-sparse omni mask
-    # Additions for a small model trained from scratch (not in the paper; off = Show-o as published)
-    slot_embedding: bool = False   # [MASK] slots add a learned embedding of their place on the grid
-    text_conv: int = 0             # text tokens add a learned mix of the previous N tokens' embeddings
-    code_bits: bool = False        # image codes add a learned projection of their K bits (+-1), as LFQ made them
+    """Show-o as published by default; the three options at the end are our additions (off = the paper's)."""
+    text_vocab_size: int = option(512, "ids of the BPE text tokenizer (set from the tokenizers by train.py)")
+    codebook_size: int = option(1024, "2^K image codes of the LFQ tokenizer (set from the tokenizers)")
+    image_tokens: int = option(64, "tokens per image, h * w of its grid (set from the tokenizers)")
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads, each with its own QK-Norm'd queries and keys")
+    n_embd: int = option(256, "width of the residual stream")
+    mlp_ratio: int = option(4, "MLP hidden width = mlp_ratio * n_embd")
+    rope_base: float = option(10000.0, "RoPE's base: channel pair i turns at rope_base^(-2i/head_dim)")
+    max_text: int = option(40, "text ids per [SOT]..[EOT] span; longer text is cut")
+    slot_embedding: bool = option(False, "addition: [MASK] slots add a learned embedding of their grid place")
+    text_conv: int = option(0, "addition: text tokens add a learned mix of the previous N tokens' embeddings")
+    code_bits: bool = option(False, "addition: image codes add a learned projection of their K bits (+-1)")
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "mlp_ratio", "max_text", "image_tokens"):
@@ -69,27 +65,21 @@ class ShowoConfig:
     def space(self):
         return TokenSpace(self.text_vocab_size, self.codebook_size)
 
-    @property
-    def max_len(self):
-        """The longest row: [T2I] [SOT] max_text [EOT] [SOI] image [EOI] (understanding rows are as long)."""
-        return self.max_text + self.image_tokens + 5
-
 
 # -----------------------------------------------------------------------------
 # Positions: rotary embeddings (RoFormer, arXiv 2104.09864), 1D as in Show-o's LLM
 
 def rope_tables(positions, head_dim, base):
-    """Token positions (..., L) -> cos, sin of shape (..., L, head_dim/2): channel pair i of a head
-    turns by angle position * base^(-2i/head_dim)."""
+    """Token positions (L,) -> cos, sin of shape (L, head_dim/2): channel pair i of a head turns by
+    angle position * base^(-2i/head_dim)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)  # (D/2,)
-    angles = positions[..., None].float() * inv_freq                                              # (..., L, D/2)
+    angles = positions[:, None].float() * inv_freq                                                # (L, D/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
     """Rotate each (x1, x2) pair of x (B, H, L, D) by its position's angle. The dot product of a
-    rotated query and key then depends only on their distance, never on absolute positions, so
-    left padding (text-to-image rows) shifts nothing."""
+    rotated query and key then depends only on their distance, so left padding shifts nothing."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, D/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -110,7 +100,9 @@ class SelfAttention(nn.Module):
     def forward(self, x, mask, rope, cache=None):
         B, L, C = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # each (B, L, H, D)
-        q, k = self.q_norm(q), self.k_norm(k)          # QK-Norm: after the projection, before RoPE
+        # QK-Norm, after the projection and before RoPE. Under bf16 autocast a LayerNorm computes in
+        # fp32 while v stays bf16: q and k go back to v's dtype, so attention sees one dtype.
+        q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # decoding: attend to the keys/values of every earlier token too
@@ -163,8 +155,7 @@ class KVCache:
 class Showo(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
-        self.space = cfg.space
+        self.cfg, self.space = cfg, cfg.space
         self.embed = nn.Embedding(self.space.vocab_size, cfg.n_embd)  # text, specials, codes, [MASK]
         # our additions (section below), None when off: then this is Show-o's model as published
         self.slot_embedding = nn.Embedding(cfg.image_tokens, cfg.n_embd) if cfg.slot_embedding else None
@@ -173,32 +164,21 @@ class Showo(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, self.space.vocab_size, bias=False)  # one head for every token
-        self.apply(self._init)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block in self.blocks:  # GPT-2: scale the residual outputs so depth does not grow the stream
             for layer in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def attention_mask(self, ids):
-        if self.cfg.flex_attention and ids.is_cuda:
-            return omni_block_mask(ids, self.space)
-        return omni_attention_mask(ids, self.space)
 
     def forward(self, ids, labels=None, task=None, cache=None):
         """Always (logits, losses), nanoGPT's (logits, loss) with one loss per term of equation 4:
           - ids (B, L) alone (sampling, decoding): (logits (B, L, V) over the whole vocabulary, None);
           - with labels (B, L) and task (B,) (training): (None, {"t2i" | "mmu" | "lm": scalar}), the
-            terms task_losses finds rows for; joint_loss weighs them. No logits come back: training
-            projects only the positions that carry a loss.
+            terms task_losses finds rows for. No logits come back: training projects only the
+            positions that carry a loss.
 
         With a KVCache, ids continue the sequence the cache holds: an empty cache is filled with the
         whole prefix (under its omni-attention mask); later calls pass new tokens, which see every
@@ -207,25 +187,22 @@ class Showo(nn.Module):
         that follows everything cached and for an image after its prompt."""
         B, L = ids.shape
         past = 0 if cache is None else cache.length
-        if past == 0:
-            mask = self.attention_mask(ids)
-        else:
-            mask = torch.cat([cache.visible[:, None, None, :].expand(B, 1, L, past),
-                              omni_attention_mask(ids, self.space)], dim=-1)          # (B, 1, L, past + L)
+        mask = omni_attention_mask(ids, self.space)                                   # (B, 1, L, L)
+        if past:
+            mask = torch.cat([cache.visible[:, None, None, :].expand(B, 1, L, past), mask], dim=-1)  # (B, 1, L, past + L)
         if cache is not None and not cache.frozen:
             visible = ids != self.space.pad
             cache.visible = visible if past == 0 else torch.cat([cache.visible, visible], dim=1)
         positions = torch.arange(past, past + L, device=ids.device)                   # (L,) one table for all rows
-        cos, sin = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (L, D/2)
+        rope = rope_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (L, D/2) each
         x = self.embed(ids)  # (B, L, C)
         if self.slot_embedding is not None or self.text_conv is not None or self.code_bits is not None:
             x = x + self.additions(ids, x, cache, past)
         for block in self.blocks:
-            x = block(x, mask, (cos, sin), cache)
+            x = block(x, mask, rope, cache)
         x = self.norm(x)  # (B, L, C)
         if labels is None:
             return self.head(x), None  # (B, L, V)
-        # Training: project only the positions that carry a loss (task_losses does); no logits back.
         return None, task_losses(x, labels, task, self.space, self.head)
 
     def additions(self, ids, x, cache, past):
@@ -233,8 +210,7 @@ class Showo(nn.Module):
         slot = image_slot_index(ids, self.space)                                       # (B, L), -1 off images
         extra = torch.zeros_like(x)
         if self.slot_embedding is not None:  # [MASK] slots only: a known code says what it is already
-            masked = ids == self.space.mask
-            extra = extra + self.slot_embedding(slot.clamp(min=0)) * masked[..., None]
+            extra = extra + self.slot_embedding(slot.clamp(min=0)) * (ids == self.space.mask)[..., None]
         if self.text_conv is not None:  # text only (every token outside an image span); [PAD] adds nothing
             mix, tail = self.text_conv(x * (ids != self.space.pad)[..., None], None if past == 0 else cache.tail)
             extra = extra + mix * (slot < 0)[..., None]
@@ -243,7 +219,7 @@ class Showo(nn.Module):
         if self.code_bits is not None:  # code c's bits b_k = (c >> k) & 1, as +-1: LFQ's code vector
             code = (ids - self.space.image_offset).clamp(0, self.space.codebook_size - 1)  # (B, L)
             bits = (code[..., None] >> torch.arange(self.code_bits.in_features, device=ids.device)) & 1  # (B, L, K)
-            extra = extra + self.code_bits(bits.float() * 2 - 1) * self.space.is_image_code(ids)[..., None]
+            extra = extra + self.code_bits(bits.to(x.dtype) * 2 - 1) * self.space.is_image_code(ids)[..., None]
         return extra
 
 
@@ -274,17 +250,15 @@ def image_slot_index(ids, space):
 
 class TextConv(nn.Module):
     """text_conv: a short causal convolution over the embeddings: token t gets sum_j w_j * e_{t-j},
-    j = 1..N, one learned weight per channel and lag (zero at the start, so the model begins as the
-    plain one).
+    j = 1..N, one learned weight per channel and lag (zero at the start: the model begins as the plain one).
 
     Why: to answer "what color is the circle?" the answer is predicted at "?", whose embedding says
     nothing about circles. Attention must first copy "circle" into "?" (a head that looks at the
     previous token) before another head can use it to find the circle's image tokens. Show-o
     inherits such heads from its pretrained LLM; a small model trained from scratch for minutes
-    never formed them: its answer positions looked at every object alike and answered with a random
-    object's colour (docs/findings.md). With this mix "?" holds "circle" from the first layer, as in
-    H3's shift SSM (arXiv 2212.14052) and Canon layers (arXiv 2512.17351), which make associative
-    recall easy."""
+    never formed them and answered with a random object's colour (docs/findings.md). With this mix
+    "?" holds "circle" from the first layer, as in H3's shift SSM (arXiv 2212.14052) and Canon layers
+    (arXiv 2512.17351), which make associative recall easy."""
 
     def __init__(self, n_embd, n_prev):
         super().__init__()
@@ -303,43 +277,29 @@ class TextConv(nn.Module):
 # The joint objective (section 3.3)
 
 def mask_image_tokens(ids, task, space, generator=None):
-    """MTP corruption of a padded batch. In every image of a text-to-image or interleaved row:
-    draw t ~ U(0, 1), mask round(N * cos(pi/2 * t)) of its N tokens (at least one), chosen
-    uniformly. The cosine schedule masks 64% of an image on average and trains every ratio the
-    sampler will meet, from a blank canvas (t -> 0) to one token left (t -> 1).
+    """MTP corruption of a padded batch. In every image of a text-to-image or interleaved row: draw
+    t ~ U(0, 1) and mask round(N cos(pi/2 t)) of its N tokens (at least one), chosen uniformly: the
+    first ones of a random permutation. The cosine schedule masks 64% of an image on average and
+    trains every ratio the sampler will meet, from a blank canvas (t -> 0) to one token left (t -> 1).
     Understanding rows keep their images: there the image is the input, not the target.
-
-    ids (B, L), task (B,) -> (input ids with [MASK] at the chosen positions, bool (B, L) of them)."""
-    B, L = ids.shape
-    span = image_span_index(ids, space)              # (B, L) k for the k-th image of the row
-    generated = torch.tensor([TASKS[t] in ("t2i", "interleaved") for t in task.tolist()], device=ids.device)
-    candidate = space.is_image_code(ids) & generated[:, None]  # image tokens proper, not [SOI]/[EOI]
-    # Number every image of the batch (row b, its k-th image -> b * (K + 1) + k) to draw per image.
-    image = span + (span.max() + 1) * torch.arange(B, device=ids.device)[:, None]  # (B, L)
-    n_images = B * (int(span.max()) + 1)
-    n = torch.bincount(image[candidate], minlength=n_images)                       # (images,) N per image
-    t = torch.rand(n_images, generator=generator).to(ids.device)                  # one t per image
-    n_mask = (n * torch.cos(math.pi / 2 * t)).round().clamp(min=1)                # round(N cos(pi/2 t)), >= 1
-    # Uniformly chosen slots: the n_mask of an image with the lowest random scores. Sorting by
-    # (image, score) puts each image's slots side by side; a slot's rank is its place in that run.
-    score = torch.rand(B, L, generator=generator).to(ids.device)
-    key = torch.where(candidate, image.double() + score.double(), torch.full_like(score, math.inf, dtype=torch.double))
-    order = key.flatten().argsort()                                               # (B * L,)
-    sorted_image = image.flatten()[order]
-    first = torch.searchsorted(sorted_image[:int(candidate.sum())].contiguous(), torch.arange(n_images, device=ids.device))
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(B * L, device=ids.device) - first[sorted_image].clamp(max=B * L - 1)
-    masked = candidate & (rank.view(B, L) < n_mask[image])
+    ids (B, L), task (B,) on the CPU -> (input ids with [MASK] at the chosen positions, bool (B, L) of them)."""
+    masked = torch.zeros_like(ids, dtype=torch.bool)
+    span = image_span_index(ids, space)                               # (B, L) k for the k-th image of the row
+    for b in range(len(ids)):
+        if TASKS[task[b]] not in ("t2i", "interleaved"):
+            continue
+        for k in range(1, int(span[b].max()) + 1):
+            slots = ((span[b] == k) & space.is_image_code(ids[b])).nonzero()[:, 0]  # (N,) its codes, not [SOI]/[EOI]
+            t = torch.rand((), generator=generator)
+            n = max(1, round(len(slots) * math.cos(math.pi / 2 * float(t))))
+            masked[b, slots[torch.randperm(len(slots), generator=generator)[:n]]] = True
     return torch.where(masked, torch.full_like(ids, space.mask), ids), masked
 
 
-def training_labels(ids, text_targets, masked, space):
+def training_labels(ids, text_targets, masked):
     """Labels (B, L): the true id where a loss is taken (masked image slots, text targets), IGNORE
     elsewhere: never on padding, prompts, [SOI]/[EOI] or the visible image tokens."""
-    labels = torch.full_like(ids, IGNORE)
-    keep = text_targets | masked
-    labels[keep] = ids[keep]
-    return labels
+    return torch.where(text_targets | masked, ids, torch.full_like(ids, IGNORE))
 
 
 def loss_positions(labels, task, space):
@@ -356,21 +316,19 @@ def task_losses(hidden, labels, task, space, head=lambda h: h):
     """Per-task mean cross-entropies from the final states hidden (B, L, C) and labels (B, L)
     (IGNORE = no loss), at loss_positions. head maps states to logits over the vocabulary (the
     model's output layer); it is applied only at the positions that carry a loss, about a quarter of
-    a training batch, so a training step skips three quarters of the largest matrix product and its
-    softmax (about a fifth of a step's time on the CPU). The result equals projecting every position
-    first, and with the default head (identity) hidden may simply be logits (B, L, V).
+    a training batch, which skips three quarters of the largest matrix product and its softmax (about
+    a fifth of a step's time on the CPU). With the default head (identity) hidden may be logits (B, L, V).
 
     t2i: MTP. At each labelled image position the prediction is of the code AT that position (no
          shift: the [MASK] is at the answer's own place). The logits are cut to the 2^K image codes
-         before the softmax: the answer is always a code, so text ids and specials are not
-         candidates, exactly as in the sampler, which restricts to the same range.
+         before the softmax: the answer is always a code, exactly as in the sampler.
     mmu, lm: NTP. The logits at position i predict the label at i + 1 (shifted), over the whole
          vocabulary; rows of understanding tasks (and interleaved rows' text) count as mmu.
     -> {term: scalar tensor} for the terms the batch has rows for."""
     losses, where = {}, loss_positions(labels, task, space)
     if where["t2i"].any():
         image_logits = head(hidden[where["t2i"]])[:, space.image_offset:space.mask]  # (n, 2^K)
-        losses["t2i"] = F.cross_entropy(image_logits.float(), space.codes_of(labels[where["t2i"]]))
+        losses["t2i"] = F.cross_entropy(image_logits.float(), labels[where["t2i"]] - space.image_offset)
     for name in ("mmu", "lm"):
         if where[name].any():
             losses[name] = F.cross_entropy(head(hidden[:, :-1][where[name]]).float(), labels[:, 1:][where[name]])
@@ -410,18 +368,12 @@ def classifier_free_guidance(logits, scale):
 
 
 def device_generator(generator, device):
-    """The samplers' one seeding rule: every draw is made on the model's device (no probability table
-    goes to the CPU), by `generator` itself when it lives there (a CPU generator on the CPU), else by
-    a generator on that device seeded with one draw from it. A seed gives the same samples on every
-    run on one kind of device; a GPU and the CPU, drawing with different generators, give different ones."""
+    """The samplers' one seeding rule: every draw is made on the model's device, by `generator` itself
+    when it lives there, else by a generator on that device seeded with one draw from it. A seed gives
+    the same samples on every run on one kind of device; a GPU and the CPU give different ones."""
     if generator is None or generator.device == device:
         return generator
     return torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
-
-
-def gumbel(shape, generator, device):
-    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
-    return -torch.log(-torch.log(u))
 
 
 @torch.no_grad()
@@ -449,23 +401,16 @@ def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, kno
     canvas [EOI]: the images of recomputing the whole row (False), at less cost.
     -> codes (B, N) and, with record=True, the canvas after every step, [(B, N)] with -1 if masked."""
     space, n, device = model.space, model.cfg.image_tokens, next(model.parameters()).device
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if guidance < 0:
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if steps < 1 or guidance < 0:
+        raise ValueError(f"steps must be >= 1 and guidance >= 0, got {steps} and {guidance}")
     rows = ([space.interleaved([*s, n], model.cfg.max_text, warn=True) for s in stories] if stories is not None
             else [space.t2i(p, n, model.cfg.max_text, warn=True) for p in prompts])
     B = len(rows)
     rows += [space.t2i([], n)] * B if guidance > 0 else []  # the unconditional twins, after the conditional rows
-    # left-padded (image slots last). FlexAttention compiles per shape: the longest row of this many texts
-    texts = 1 if stories is None else max((len(s) + 1) // 2 for s in stories)  # text, image, ..., text
-    flex_len = 1 + texts * (model.cfg.max_text + n + 4) if model.cfg.flex_attention else None  # 1 text: max_len
-    ids = space.pad_rows(rows, flex_len, left=True)[0].to(device)
+    ids = space.pad_rows(rows, left=True)[0].to(device)      # left-padded: the image slots end every row
     known = torch.full((B, n), -1, dtype=torch.long) if known is None else torch.as_tensor(known).long().clone()
-    if known.shape != (B, n):
-        raise ValueError(f"known codes must be ({B}, {n}), got {tuple(known.shape)}")
-    if known.numel() and (known.min() < -1 or known.max() >= space.codebook_size):
-        raise ValueError(f"known codes must be -1 (generate) or in [0, {space.codebook_size})")
+    if known.shape != (B, n) or (known.numel() and (known.min() < -1 or known.max() >= space.codebook_size)):
+        raise ValueError(f"known codes must be ({B}, {n}), each -1 (generate) or in [0, {space.codebook_size})")
     known, generator = known.to(device), device_generator(generator, device)
     to_generate = (known < 0).sum(1)     # (B,) the N of the schedule, per row
     start, cache = (ids.shape[1] - n - 2, KVCache()) if cache_prompt else (0, None)  # ids[:, start] = [SOI]
@@ -495,11 +440,10 @@ def generate_images(model, prompts, steps=12, guidance=0.0, temperature=4.5, kno
         else:
             target = torch.tensor([masking_schedule(step, steps, int(t)) for t in to_generate], device=device)
             keep_masked = torch.minimum(target.clamp(min=1), (unknown - 1).clamp(min=0))
-        noise_scale = temperature * (1 - (step + 1) / steps)
-        score = confidence + noise_scale * gumbel(confidence.shape, generator, device)
+        u = torch.rand(confidence.shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
+        score = confidence + temperature * (1 - (step + 1) / steps) * -torch.log(-torch.log(u))  # + Gumbel noise
         rank = score.argsort(dim=1).argsort(dim=1)                                        # 0 = least confident
-        remask = rank < keep_masked[:, None]
-        known = torch.where(remask, torch.full_like(sampled, -1), sampled)
+        known = torch.where(rank < keep_masked[:, None], torch.full_like(sampled, -1), sampled)
         if record:
             history.append(known.cpu().clone())
     return known.cpu(), history
@@ -520,19 +464,16 @@ def sample_next(logits, temperature=0.0, top_k=None, generator=None):
 @torch.no_grad()
 def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=None, generator=None, use_cache=True,
                   stop_at_eot=True):
-    """Continue each prefix (a Row ending where text goes on: `space.mmu(codes, prompt)`
-    for captions and answers, `space.lm(prompt, close=False)` for plain text) until [EOT] or
-    max_new_tokens. Prefixes of different lengths share a batch by left padding (hidden by the mask;
-    RoPE only sees relative positions). Only text ids and [EOT] can be produced.
-    With use_cache, each new token goes through the model once (KVCache); without, the whole
-    sequence is recomputed per token: the same tokens, greedy, at several times the cost.
-    stop_at_eot=False never produces [EOT] (always max_new_tokens ids: benchmarks). -> B lists of new
-    ids (without the [EOT])."""
-    space = model.space
-    device = next(model.parameters()).device
-    ids, _, _ = space.pad_rows(prefixes, left=True)
-    ids, generator = ids.to(device), device_generator(generator, device)
-    B = len(prefixes)
+    """Continue each prefix (a Row ending where text goes on: `space.mmu(codes, prompt)` for captions
+    and answers, `space.lm(prompt, close=False)` for plain text) until [EOT] or max_new_tokens.
+    Prefixes of different lengths share a batch by left padding (hidden by the mask; RoPE only sees
+    relative positions). Only text ids and [EOT] can be produced. With use_cache, each new token goes
+    through the model once (KVCache); without, the whole sequence is recomputed per token: the same
+    tokens, greedy, at several times the cost. stop_at_eot=False never produces [EOT] (benchmarks).
+    -> B lists of new ids (without the [EOT])."""
+    space, device = model.space, next(model.parameters()).device
+    ids = space.pad_rows(prefixes, left=True)[0].to(device)
+    generator, B = device_generator(generator, device), len(prefixes)
     allowed = torch.zeros(space.vocab_size, dtype=torch.bool, device=device)
     allowed[:space.text_vocab_size] = True
     allowed[space.eot] = stop_at_eot
@@ -556,42 +497,39 @@ def generate_text(model, prefixes, max_new_tokens=32, temperature=0.0, top_k=Non
 
 
 # -----------------------------------------------------------------------------
-# Autocast and checkpoints (every program imports these from here; the device itself: config.py)
+# Devices and checkpoints (train.py, sample.py and the evaluation all use these)
 
-def autocast(device):
-    """bf16 autocast on CUDA only; CPU and MPS run in fp32 (CPU bf16 is slow, MPS support patchy)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def pick_device(requested="auto"):
+    """cuda -> mps -> cpu, unless the user asked for one (--device); a device this machine lacks is an error."""
+    if requested == "auto":
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps asked for, but MPS is not available here")
+    return device
 
 
-def file_digest(path):
-    """SHA-256 of a file (first 16 hex digits): what ties caches and checkpoints to one tokenizer."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename: readers only ever see a
-    complete old file or a complete new one, even after kill -9 mid-write."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def autocast(device, bf16):
+    """bf16 autocast where asked for (`--bf16`; the GPU presets turn it on), on any device: matrix
+    products in bf16, norms, softmaxes and the losses in fp32. Off: plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def showo_checkpoint(model, **extra):
-    """One plain dict (config as a dict), loadable with torch.load(weights_only=True)."""
-    return dict(kind="showo", config=asdict(model.cfg), model=model.state_dict(), **extra)
+    """One plain dict (config as a dict), loadable with torch.load(weights_only=True). train.py adds
+    the tokenizers it was trained with, so a checkpoint samples on its own (sample.Pipeline)."""
+    return dict(kind="Show-o", config=asdict(model.cfg), model=model.state_dict(), **extra)
 
 
-def load_showo(path, map_location="cpu"):
-    """-> (model in eval mode, checkpoint dict). Clear errors for a missing, foreign or damaged file."""
-    ckpt = read_checkpoint(path, map_location, "; train one with `python train.py showo`")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "showo":
-        raise ValueError(f"{path} is not a Show-o checkpoint")
+def load_showo(path):
+    """-> (model in eval mode on the CPU, checkpoint dict). Clear errors for a missing, foreign or damaged file."""
+    ckpt = read_checkpoint(path, "Show-o", "; train one with `python train.py showo`", ("tokenizers", "train_config", "step"))
     try:
         model = Showo(ShowoConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])

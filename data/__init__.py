@@ -1,6 +1,5 @@
 """
-Datasets: every source of images and text the project trains on, behind one small container
-(data/dataset.py: ImageTextData).
+Datasets: every source of images and text the project trains on, behind one small container.
 
     from data import load
     ds = load("shapes", split="train")          # built-in synthetic world, no files needed
@@ -8,13 +7,12 @@ Datasets: every source of images and text the project trains on, behind one smal
     ds = load("coco", data_dir="../shared/data/coco-mini", split="val", limit=100)
     ds = load("folder", data_dir="my_images/")  # images + captions.jsonl
 
-All datasets live in memory as one uint8 array of images at the training resolution plus captions.
+All datasets live in memory (data/dataset.py: ImageTextData) as one uint8 array of images at the training resolution plus captions.
 At toy scale (tens of thousands of 32x32 images) that is tens of MB, and it keeps the training loop a
 plain tensor index with no DataLoader workers to debug. Sources with per-file decoding (COCO, folder)
 do all their decoding, resizing and error handling once, at load time, with a progress bar.
+data/tasks.py turns an item into the rows of every task and draws the batch of each training step.
 """
-
-
 DATASETS = ("shapes", "cifar10", "coco", "folder")
 
 

@@ -1,8 +1,4 @@
-"""
-The one container every dataset fills: images as one uint8 array at the training resolution, and
-the text that goes with them. Its own module so that the readers (shapes.py, cifar10.py, ...) and
-the package's `load` import it without importing each other.
-"""
+"""The one container every reader fills (a module of its own: the readers import it, data.load imports them)."""
 from dataclasses import dataclass, field
 
 import numpy as np

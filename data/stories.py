@@ -6,10 +6,8 @@ image of every scene along the way. As one row of the unified token space:
     [T2I] [SOT] a large red circle in the top left [EOT] [SOI] image 1 [EOI]
           [SOT] then a small blue square appears below the red circle [EOT] [SOI] image 2 [EOI] ...
 
-    python -m data.stories                     # prints a few stories with their scenes
     from data.stories import make_stories
     stories = make_stories("train", 1000)      # [Story]: texts[k] leads to scenes[k]
-    images = story_images(stories)             # every scene drawn, story after story (data.tasks)
 
 A story starts from a scene of one or two objects in its "description" caption (every object's
 size, colour, shape and cell), so its first image is fixed by its first text. Each change is one of
@@ -26,14 +24,12 @@ world's held-out scenes (data.shapes._in_test_split), their later scenes may be 
 a training story is outside them, so no held-out image (objects sit at their cells' centres, so a
 scene is one image) is ever trained on.
 """
-import argparse
 import random
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from data.dataset import ImageTextData
-from data.shapes import (COLOURS, COLS, IMAGE_SIZE, ROWS, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
+from data.shapes import (COLOURS, IMAGE_SIZE, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
                          _make_obj, _phrase_text, _reference, _resize_nearest, caption, render)
 
 CHANGES = ("appear", "recolour", "disappear")
@@ -116,54 +112,7 @@ def make_stories(split="train", n=1000, seed=0):
     return [make_story(rng, held_out=split == "test") for _ in range(n)]
 
 
-def story_images(stories, split="train", image_size=IMAGE_SIZE):
-    """Every scene of the stories drawn, story after story: story k's scenes are rows
-    sum(len(s.scenes) for s in stories[:k]) onwards. An ImageTextData, so that data.tasks.image_codes
-    tokenizes (and caches) them like any dataset; each image's caption is the text that led to it."""
-    images = np.stack([render(scene) for story in stories for scene in story.scenes])  # (M, 32, 32, 3)
-    return ImageTextData("shapes-stories", split, _resize_nearest(images, image_size),
-                         [[text] for story in stories for text in story.texts],
-                         scenes=[scene for story in stories for scene in story.scenes])
-
-
-def untouched(before, after):
-    """The objects a change left as they were: in both scenes, same shape, colour, size and cell."""
-    return set(before.key()) & set(after.key())
-
-
-def story_scores(stories, found):
-    """How well drawn stories follow their texts. found: per story, the scenes the world's scorer
-    reads from its drawn images (data.shapes_scorer.detect), one per text. -> ({k: the share of k-th
-    images that are exactly their scene}, kept, seen): of the `seen` objects that a change left alone
-    and that the image before it shows, the share `kept` that the image after it shows unchanged."""
-    hits, kept, seen = {}, 0, 0
-    for story, drawn in zip(stories, found):
-        for k, (truth, got) in enumerate(zip(story.scenes, drawn), 1):
-            hits.setdefault(k, []).append(got.key() == truth.key())
-        for before, after, drawn_before, drawn_after in zip(story.scenes, story.scenes[1:], drawn, drawn[1:]):
-            for obj in untouched(before, after) & set(drawn_before.key()):
-                seen += 1
-                kept += obj in drawn_after.key()
-    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, kept / max(seen, 1), seen
-
-
-def describe_scene(scene):
-    """A scene in a few words per object, for printing: 'small red circle (top left)'."""
-    return ", ".join(f"{o.size} {o.colour} {o.shape} ({ROWS[o.row]} {COLS[o.col]})" for o in scene.objects)
-
-
-def main():
-    """`python -m data.stories`: a few stories, each sentence followed by the scene it leads to."""
-    parser = argparse.ArgumentParser(description="Print stories of the shapes world with their scenes.")
-    parser.add_argument("--n", type=int, default=4, help="number of stories")
-    parser.add_argument("--split", default="train", choices=("train", "test"), help="which split to draw from")
-    parser.add_argument("--seed", type=int, default=0, help="stories seed")
-    args = parser.parse_args()
-    for story in make_stories(args.split, args.n, args.seed):
-        for text, scene in zip(story.texts, story.scenes):
-            print(f"{text:<60} -> {describe_scene(scene)}")
-        print()
-
-
-if __name__ == "__main__":
-    main()
+def story_images(stories, image_size=IMAGE_SIZE):
+    """Every scene of the stories drawn, story after story -> (M, H, W, 3) uint8: story k's scenes
+    are rows sum(len(s.scenes) for s in stories[:k]) onwards (data/tasks.py encodes them once)."""
+    return _resize_nearest(np.stack([render(scene) for story in stories for scene in story.scenes]), image_size)

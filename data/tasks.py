@@ -1,10 +1,9 @@
 """
-What Show-o is taught at each training step (paper section 3.4): which dataset items the step takes,
-the row of every task built from an item and its image codes, and the step's batch, mixed over the
-tasks and masked for the MTP loss.
+What Show-o is taught at each training step (paper section 3.4): the row of every task built from a
+dataset item and its image codes, and the step's batch, mixed over the tasks and masked for MTP.
 
-    from data.tasks import TaskRows, showo_batch
-    rows = TaskRows(ds, codes, text_tokenizer, model_cfg, stage=3)
+    from data.tasks import task_rows, showo_batch
+    rows = task_rows(ds, text_tokenizer, image_tokenizer, cfg, training=True)   # cfg: train.ShowoTrainConfig
     row = rows.row("vqa", i, random.Random(0))      # a tokenizer.Row, laid out by TokenSpace
     groups = showo_batch(rows, step, cfg)           # [(input ids, labels, task)], one per kind of row
 
@@ -14,96 +13,34 @@ dataset has: the shapes world has many captions per scene and question/answer pa
 class name, COCO five free captions per photo.
 """
 import hashlib
-import os
 import random
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.cifar10 import CIFAR_QUESTION
 from data.coco import COCO_QUESTION
 from data.shapes import caption as shapes_caption
 from data.stories import STORIES, make_stories, story_images
-from model import atomic_save, autocast, file_digest, mask_image_tokens, training_labels
-from tokenizer import TASKS, images_to_tensor, load_image_tokenizer, read_checkpoint
+from model import mask_image_tokens, training_labels
+from tokenizer import TASKS
 
-TASK_NAMES = ("t2i", "caption", "vqa", "lm", "story")  # the row kinds a batch mixes (config.TaskMix's fractions)
-
-
-def image_codes(ds, tokenizer_path, device, images=None):
-    """Tokenize every image of ds once and cache the codes next to the tokenizer, so training steps
-    never run the image encoder. The cache file is named by the tokenizer's digest and a digest of
-    the images themselves: other data (another folder, another --limit or seed) gets another file.
-    images: an augmented view of ds.images (N, H, W, 3) to tokenize instead (training_views).
-    -> (N, h*w) int64 codes."""
-    images = np.ascontiguousarray(ds.images if images is None else images)
-    images_digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
-    key = f"{ds.name}-{ds.split}-{len(ds)}-{images_digest}-{file_digest(tokenizer_path)}"
-    cache = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "cache", f"codes-{key}.pt")
-    if os.path.exists(cache):
-        try:
-            codes = read_checkpoint(cache)
-            if isinstance(codes, torch.Tensor) and codes.shape[0] == len(ds):
-                return codes.long()
-        except ValueError:
-            pass
-        print(f"cache {cache} is damaged; tokenizing again")
-    model, _ = load_image_tokenizer(tokenizer_path)
-    model.to(device)
-    codes = []
-    for i in tqdm(range(0, len(ds), 256), desc=f"tokenizing {ds.name} {ds.split}", dynamic_ncols=True):
-        x = images_to_tensor(images[i:i + 256]).to(device)
-        with torch.no_grad(), autocast(device):
-            codes.append(model.encode(x).flatten(1).cpu())  # (b, h, w) -> (b, h*w), row-major
-    codes = torch.cat(codes).to(torch.int32)  # half the disk of int64; 2^K <= 2^24 fits
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    atomic_save(codes, cache)
-    return codes.long()
+TASK_NAMES = ("t2i", "caption", "vqa", "lm", "story")  # the row kinds a batch mixes (the *_frac options)
 
 
-SHIFTED_VIEWS = 8  # --shift caches this many moved copies of the training set (one encoder pass each)
-
-
-def shifted_images(images, shift, seed):
-    """Every image moved by its own random (dy, dx) in [-shift, shift]^2, the uncovered border filled
-    by reflecting the image (black bars would be one more thing for the generator to learn to draw).
-    (N, H, W, 3) -> (N, H, W, 3)."""
-    n, h, w, _ = images.shape
-    if shift >= min(h, w) // 2:  # the border it reflects must come from inside the image
-        raise ValueError(f"--shift {shift} is too large for {h}x{w} images: at most {min(h, w) // 2 - 1} pixels")
-    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")  # (N, H+2s, W+2s, 3)
-    dy, dx = np.random.default_rng(seed).integers(0, 2 * shift + 1, size=(2, n))  # the crop's corner, per image
-    rows, cols = dy[:, None] + np.arange(h), dx[:, None] + np.arange(w)            # (N, H), (N, W)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, H, W, 3)
-
-
-def training_views(ds, cfg):
-    """The augmented copies of the training images that cfg asks for (config.ShowoTrainConfig):
-    --mirror, their left-right mirror; --shift P, SHIFTED_VIEWS copies moved by up to P pixels (and,
-    with --mirror as well, each image mirrored in half of them). -> [(N, H, W, 3) uint8]."""
-    views = [ds.images[:, :, ::-1]] if cfg.mirror else []                        # (N, H, W, 3), W flipped
-    for v in range(SHIFTED_VIEWS if cfg.shift else 0):
-        moved = shifted_images(ds.images, cfg.shift, seed=(cfg.seed, v))
-        if cfg.mirror:
-            flip = np.random.default_rng((cfg.seed, v, 1)).random(len(ds)) < 0.5
-            moved[flip] = moved[flip, :, ::-1]
-        views.append(moved)
-    return views
-
-
-def task_rows(ds, text_tokenizer, cfg, device, training):
-    """The TaskRows of a run (cfg: config.ShowoTrainConfig) on its training data, augmentations
-    included, or on its held-out data (training=False: the images as they are). With --story-frac,
-    the stories of the same split (data/stories.py), their scenes tokenized and cached like ds."""
-    codes = image_codes(ds, cfg.tokenizer, device)
-    views = [image_codes(ds, cfg.tokenizer, device, images) for images in training_views(ds, cfg)] if training else []
+def task_rows(ds, text_tokenizer, image_tokenizer, cfg, training):
+    """The TaskRows of a run (cfg: train.ShowoTrainConfig) on its training data, with the mirrored
+    images when --mirror asks for them, or on held-out data (training=False: the images as they are).
+    Every image is encoded once, here: training steps never run the image encoder. With --story-frac,
+    the stories of the same split (data/stories.py), their scenes encoded the same way."""
+    codes = image_tokenizer.encode_images(ds.images)                                   # (N, h*w)
+    mirrored = image_tokenizer.encode_images(ds.images[:, :, ::-1]) if training and cfg.mirror else None  # W flipped
     stories = None
-    if cfg.mix.story_frac > 0:
+    if cfg.story_frac > 0:
         split = "train" if training else "test"
         stories = make_stories(split, STORIES[split], seed=cfg.seed if training else 0)  # held out: the same everywhere
-        stories = (stories, image_codes(story_images(stories, split, ds.images.shape[1]), cfg.tokenizer, device))
-    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, views, cfg.hide_codes if training else 0.0, stories)
+        stories = (stories, image_tokenizer.encode_images(story_images(stories, ds.images.shape[1])))
+    return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, mirrored, cfg.hide_codes if training else 0.0,
+                    stories)
 
 
 class TaskRows:
@@ -116,24 +53,22 @@ class TaskRows:
     A story row (shapes only) is not item i's: it is a story drawn at random from `stories`, a list
     of data.stories.Story and the codes (M, N) of all their scenes, story after story.
 
-    Two augmentations for training rows, both off unless asked for (they fight memorising: a
-    small model that sees each CIFAR-10 image's 64 codes a few times learns their classes by heart):
-      views        the codes of augmented copies of the images (training_views: mirrored, moved);
-                   each row shows the image itself or one of its V views, each with probability 1/(V+1)
+    Two augmentations for training rows, both off unless asked for (they fight memorising: a small
+    model that sees each CIFAR-10 image's 64 codes a few times learns their classes by heart):
+      mirrored     the codes of the images mirrored left to right: a row shows them with probability 1/2
       hide_codes   an understanding row hides a share u ~ U(0, hide_codes) of its image's codes
                    behind [MASK], so no single code can be what the answer is learnt from
     """
 
-    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, views=(), hide_codes=0.0, stories=None):
+    def __init__(self, ds, codes, text_tokenizer, model_cfg, stage, mirrored=None, hide_codes=0.0, stories=None):
         self.ds, self.codes, self.tok, self.stage = ds, codes, text_tokenizer, stage
-        self.space, self.max_text, self.max_len = model_cfg.space, model_cfg.max_text, model_cfg.max_len
-        self.views, self.hide_codes = list(views), hide_codes
+        self.space, self.max_text = model_cfg.space, model_cfg.max_text
+        self.mirrored, self.hide_codes = mirrored, hide_codes
         self.stories, self.story_codes = stories or (None, None)
-        self.story_len = 0  # the longest story row, the length FlexAttention pads story rows to
         if self.stories is not None:
-            self.story_first = np.cumsum([0] + [len(s.scenes) for s in self.stories])  # story k's first scene
-            if model_cfg.flex_attention:
-                self.story_len = max(len(self.story_row(k).ids) for k in range(len(self.stories)))
+            self.story_first = [0]  # story k's first scene is story_codes[story_first[k]]
+            for story in self.stories:
+                self.story_first.append(self.story_first[-1] + len(story.scenes))
 
     def story_row(self, k):
         """Story k as one interleaved row: [T2I] [SOT] text [EOT] [SOI] its scene [EOI] per text."""
@@ -143,13 +78,10 @@ class TaskRows:
         return self.space.interleaved(segments, self.max_text)
 
     def codes_of(self, i, rng):
-        """The image codes row i shows: one of its views' or its own. A draw from rng only when there
-        are views, so without them every other draw stays as it was; with the mirror alone, the rule
-        of the runs before --shift existed (the mirror when the draw is below 1/2)."""
-        if self.views:
-            k = int(rng.random() * (len(self.views) + 1))  # views[0] .. views[V - 1], or V: the image itself
-            if k < len(self.views):
-                return self.views[k][i]
+        """The image codes row i shows: the mirrored image's with probability 1/2 when there are
+        those (a draw from rng only then, so without the mirror every other draw stays as it was)."""
+        if self.mirrored is not None and rng.random() < 0.5:
+            return self.mirrored[i]
         return self.codes[i]
 
     def hide_image_codes(self, row, rng):
@@ -181,7 +113,7 @@ class TaskRows:
 
     def dialogue(self, i, codes, rng):
         """A question -> answer row with as many turns as fit in the text of one full span
-        (max_text + 2 ids), so it is never longer than a text-to-image row (ShowoConfig.max_len)."""
+        (max_text + 2 ids), so it is never longer than a text-to-image row with a full prompt."""
         turns, used = [], 0
         for question, answer in self.questions_answers(i, rng):
             turn = (self.tok.encode(question), self.tok.encode(" " + answer))
@@ -196,28 +128,18 @@ class TaskRows:
         """The row of one task (one of TASK_NAMES) for item i. With probability cond_dropout a
         text-to-image prompt is replaced by the empty one: the unconditional model that
         classifier-free guidance needs is the same network, trained on those rows."""
-        row = self.task_row(task, i, self.codes_of(i, rng), rng, cond_dropout)
-        if task in ("caption", "vqa") and self.hide_codes > 0:
-            return self.hide_image_codes(row, rng)
-        return row
-
-    def task_row(self, task, i, codes, rng, cond_dropout):
-        """The row of `task` for item i showing these image codes, before any hiding."""
-        enc = self.tok.encode
+        codes, enc = self.codes_of(i, rng), self.tok.encode
         if task == "t2i":
-            text = "" if rng.random() < cond_dropout else self.prompt(i, rng)
-            return self.space.t2i(enc(text), codes, self.max_text)
-        if task == "caption":
-            return self.space.mmu(codes, [], enc(self.caption(i, rng)), self.max_text)
-        if task == "vqa":
-            return self.dialogue(i, codes, rng)
+            return self.space.t2i(enc("" if rng.random() < cond_dropout else self.prompt(i, rng)), codes, self.max_text)
+        if task in ("caption", "vqa"):
+            row = (self.space.mmu(codes, [], enc(self.caption(i, rng)), self.max_text) if task == "caption"
+                   else self.dialogue(i, codes, rng))
+            return self.hide_image_codes(row, rng) if self.hide_codes > 0 else row
         if task == "lm":
             return self.space.lm(enc(rng.choice(self.ds.captions[i])), self.max_text)
-        if task == "story":
-            if self.stories is None:
-                raise ValueError("story rows need stories (TaskRows(stories=...); --story-frac, shapes only)")
+        if task == "story" and self.stories is not None:
             return self.story_row(rng.randrange(len(self.stories)))
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+        raise ValueError(f"no {task!r} rows here; tasks: {', '.join(TASK_NAMES)} (story: --story-frac, shapes only)")
 
 
 # -----------------------------------------------------------------------------
@@ -237,33 +159,37 @@ def seeded(*parts):
     """(random.Random, torch.Generator) seeded from the parts, e.g. (seed, "train", step): every
     step's randomness is a pure function of its name, whatever ran before it."""
     name = "/".join(map(str, parts))
-    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
-    return random.Random(name), torch.Generator().manual_seed(number)
+    return random.Random(name), torch.Generator().manual_seed(int(hashlib.sha256(name.encode()).hexdigest()[:15], 16))
+
+
+def task_counts(cfg, batch_size):
+    """Rows per task in a batch (cfg's *_frac options, normalised to sum to 1; largest remainders get the rest)."""
+    fracs = {task: getattr(cfg, f"{task}_frac") for task in TASK_NAMES}
+    exact = {k: batch_size * v / sum(fracs.values()) for k, v in fracs.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:batch_size - sum(counts.values())]:
+        counts[k] += 1
+    return counts
 
 
 def build_batch(rows_of, items, cfg, rng, gen):
     """Dataset items -> one batch with its rows split over the tasks by the configured fractions,
-    prompts dropped for guidance, and images masked for MTP, as one padded group per kind of row:
-    text-to-image rows, understanding rows (captions and questions), text-only rows. Each group is
-    padded to its own longest row, not the batch's: in stage 3 a text-to-image row (about 27 ids)
-    would otherwise be padded to a question row's 61, and the CPU computes padding like any token.
-    Story rows (interleaved) have a group of their own; their images add to the t2i term, their
-    texts after an image to the mmu term (train.batch_losses merges a term's groups).
+    prompts dropped for guidance, and images masked for MTP, as one padded group per kind of row
+    (text-to-image, understanding, text only, story). Each group is padded to its own longest row, not
+    the batch's: in stage 3 a text-to-image row (about 27 ids) would otherwise be padded to a question
+    row's 61, and the CPU computes padding like any token. Story rows' images add to the t2i term,
+    their texts after an image to the mmu term (train.batch_loss sums each term over the groups).
     -> [(input ids (b, L), labels (b, L), task (b,))], one per kind of row present."""
     rows = []
-    for task, n in cfg.mix.counts(len(items)).items():
-        rows += [rows_of.row(task, i, rng, cfg.mix.cond_dropout) for i in items[len(rows):len(rows) + n]]
-    space, groups, flex = rows_of.space, [], cfg.model.flex_attention
-    # FlexAttention compiles one kernel per sequence length: give it the one longest possible length,
-    # and one group of all non-story rows (every group would be that long, so splitting would only
-    # add forward passes), and story rows the longest story's length.
-    for kinds in [TASKS[:3], TASKS[3:]] if flex else [(kind,) for kind in TASKS]:
-        group = [r for r in rows if r.task in kinds]
+    for task, n in task_counts(cfg, len(items)).items():
+        rows += [rows_of.row(task, i, rng, cfg.cond_dropout) for i in items[len(rows):len(rows) + n]]
+    groups = []
+    for kind in TASKS:
+        group = [r for r in rows if r.task == kind]
         if group:
-            length = (rows_of.story_len if kinds == ("interleaved",) else rows_of.max_len) if flex else None
-            ids, text_targets, task = space.pad_rows(group, length)               # (b, L), (b, L), (b,)
-            inputs, masked = mask_image_tokens(ids, task, space, gen)             # MTP: hide part of each image
-            groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
+            ids, text_targets, task = rows_of.space.pad_rows(group)                # (b, L), (b, L), (b,)
+            inputs, masked = mask_image_tokens(ids, task, rows_of.space, gen)      # MTP: hide part of each image
+            groups.append((inputs, training_labels(ids, text_targets, masked), task))
     return groups
 
 

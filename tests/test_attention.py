@@ -1,14 +1,13 @@
 """Omni-attention (attention.py): the mask of every row layout against hand-written matrices, the row
-rules on random layouts, padding, and the attention op against a manual softmax and FlexAttention.
+rules on random layouts, padding, and the attention op against a manual softmax.
 Run: python -m pytest tests/test_attention.py"""
 import random
-import warnings
 
-import pytest
 import torch
 
-from attention import attention, image_span_index, omni_attention_mask, omni_block_mask, render_mask
+from attention import attention, image_span_index, omni_attention_mask
 from tokenizer import TokenSpace
+from tools.pictures import render_mask
 
 SPACE = TokenSpace(text_vocab_size=10, codebook_size=4)
 IMG2 = torch.tensor([1, 2])  # a 2-token image
@@ -192,34 +191,6 @@ def test_omni_mask_differs_from_causal_exactly_inside_images():
     for b, qi, ki in extra[:, 0].nonzero().tolist():
         assert span[b, qi] > 0 and span[b, qi] == span[b, ki] and ki > qi  # only later tokens of the same image
     assert not (causal_mask(ids, SPACE) & ~omni_attention_mask(ids, SPACE)).any()
-
-
-def test_flex_attention_block_mask_gives_the_same_outputs_as_sdpa():
-    # The eager (uncompiled) flex_attention is a slow reference that runs on CPU too, so the mask_mod
-    # rule is checked here on every machine; the compiled CUDA kernel is checked in the next test.
-    rng = random.Random(2)
-    ids, _, _ = SPACE.pad_rows([random_row(rng) for _ in range(3)])
-    from torch.nn.attention.flex_attention import flex_attention
-    q, k, v = torch.randn(3, ids.shape[0], 2, ids.shape[1], 8).unbind(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = flex_attention(q, k, v, block_mask=omni_block_mask(ids, SPACE))
-    torch.testing.assert_close(out, attention(q, k, v, omni_attention_mask(ids, SPACE)), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's compiled kernel needs CUDA")
-def test_model_with_flex_attention_matches_sdpa_on_cuda():
-    from model import Showo, ShowoConfig
-    cfg = ShowoConfig(text_vocab_size=SPACE.text_vocab_size, codebook_size=4, n_layer=2, n_head=2, n_embd=64)
-    model = Showo(cfg).cuda().eval()
-    rng = random.Random(3)
-    ids, _, _ = SPACE.pad_rows([random_row(rng) for _ in range(4)])
-    ids = ids.cuda()
-    with torch.no_grad():
-        dense, _ = model(ids)
-        model.cfg.flex_attention = True
-        flex, _ = model(ids)
-    torch.testing.assert_close(flex, dense, atol=2e-3, rtol=2e-3)
 
 
 def test_render_mask_draws_one_cell_per_token_pair():

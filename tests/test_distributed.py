@@ -1,6 +1,6 @@
-"""Training on several processes (distributed.py): torchrun starts two CPU processes that talk over
-gloo, each takes half of every step's batch, and together they train exactly as one process that
-takes the whole batch."""
+"""Training on several processes (train.py, torchrun): two CPU processes that talk over gloo each take
+half of every step's batch, and together they train exactly as one process that takes the whole
+batch (tests/test_method.py checks the same sum of gradients in one process)."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from conftest import TINY_SHOWO, TINY_TOKENIZER
-from distributed import process_share, share
+from train import process_share
 from model import load_showo
 from tokenizer import load_image_tokenizer
 
@@ -18,10 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_shares_of_a_batch_hold_every_row_once_and_differ_by_at_most_one():
-    rows = torch.arange(11)
-    parts = [share(rows, rank, 3, first=2) for rank in range(3)]
-    assert sorted(torch.cat(parts).tolist()) == list(range(11))
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
     # groups of 3 and 3 rows on 2 processes: numbered across the groups, each process gets 3 rows
     # (numbered per group, rank 0 would get 4 and rank 1 only 2)
     groups = [tuple(torch.arange(3) + 10 * g for _ in range(3)) for g in range(2)]   # (ids, labels, task)
@@ -65,9 +61,9 @@ def test_two_processes_train_show_o_as_one_process_with_the_whole_batch(tokenize
 
 
 def test_two_processes_train_the_image_tokenizer_as_one_without_the_batch_entropy(tmp_path):
-    """The tokenizer's reconstruction and commitment losses are means over equal halves of the
-    batch, which DDP's average of gradients adds up exactly; its batch-entropy term is taken per
-    process (distributed.py), so it is off here: then the weights equal one process's."""
+    """The tokenizer's reconstruction and commitment losses are means over halves of the batch, which
+    weighted by their share of it add up exactly; its batch-entropy term is taken per process (as
+    MAGVIT-v2 does per device), so it is off here: then the weights equal one process's."""
     args = TINY_TOKENIZER + ["--max-steps", "3", "--eval-every", "3", "--entropy-weight", "0"]  # the last flag counts
     run_one_and_two_processes(args, tmp_path)
     one, _ = load_image_tokenizer(tmp_path / "one" / "tokenizer.pt")

@@ -1,14 +1,36 @@
-"""The CIFAR-10 judge and the Frechet distance of evaluate.py: our own yardsticks for generated
-images (no Inception weights offline). Run: python -m pytest tests/test_judge.py"""
+"""The CIFAR-10 judge and the Frechet distance (evaluation/judge.py): our own yardsticks for generated
+images (no Inception weights offline), and the CIFAR-10 evaluation built on them, checked with a
+stand-in judge whose answers are known. Run: python -m pytest tests/test_judge.py"""
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-import evaluate
-from evaluate import frechet_distance, judge_outputs, train_judge
+from evaluation import evaluate, judge as judge_module
+from evaluation.judge import frechet_distance, judge_outputs, train_judge
 from test_datasets import write_cifar
+
+
+class OneClassJudge(torch.nn.Module):
+    """A stand-in judge with known answers: it calls every image `label`, and its features are the
+    image's mean colour."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.label, self.unused = label, torch.nn.Parameter(torch.zeros(1))  # the parameters give the device
+
+    def features(self, x):
+        return x.mean((2, 3))  # (B, 3)
+
+    def head(self, features):
+        return F.one_hot(torch.full((len(features),), self.label), 10).float()
+
+
+def cifar_labels(n, first=0):
+    """The labels test_datasets.write_cifar gives a batch of n images whose first image is `first`."""
+    return np.array([(3 * (first + i)) % 10 for i in range(n)])
 
 
 def two_colour_classes(n, seed):
@@ -56,22 +78,28 @@ def test_frechet_distance_matches_the_formula_for_unrelated_covariances():
 def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypatch, capsys):
     write_cifar(tmp_path, ["data_batch_1", "test_batch"], n=16)
     argv = ["judge", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "judges"), "--device", "cpu"]
-    monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
-    real_train = evaluate.train_judge
+    monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
+    real_train = judge_module.train_judge
     first = evaluate.main(argv)
-    assert 0 <= first["test_accuracy"] <= 1 and first["train_images"] == 16
+    assert first["train_images"] == 16 and first["test_images"] == 16
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == first
-    monkeypatch.setattr(evaluate, "train_judge", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(judge_module, "train_judge", lambda *a, **k: pytest.fail("trained again"))
     again = evaluate.main(argv)  # the same data: the cached judge, the same figures
     assert again["test_accuracy"] == first["test_accuracy"]
     assert again["frechet_train_vs_test"] == first["frechet_train_vs_test"]
     trained = []
-    monkeypatch.setattr(evaluate, "train_judge", lambda *a, **k: trained.append(len(a[0])) or real_train(*a, **k))
+    monkeypatch.setattr(judge_module, "train_judge", lambda *a, **k: trained.append(len(a[0])) or real_train(*a, **k))
     evaluate.main(argv + ["--limit", "8"])  # other training data: another judge
     assert trained == [8]
+    monkeypatch.setattr(judge_module, "load_or_train_judge", lambda *a: OneClassJudge(3))
+    known = evaluate.main(argv)  # a judge that calls everything class 3: its accuracy is class 3's share
+    assert known["test_accuracy"] == round(float((cifar_labels(16, first=16) == 3).mean()), 4)
 
 
-def test_cifar10_evaluation_reports_every_judge_figure_and_a_row_per_class(tmp_path, monkeypatch):
+def test_cifar10_evaluation_scores_known_answers_exactly(tmp_path, monkeypatch):
+    """With the true class as every answer and a judge that calls every image an airplane, each figure
+    has a known value: classification 1, samples 1/10 (equal numbers per class), reconstructions and
+    test images the test split's share of airplanes."""
     import train
     from PIL import Image
     data_dir = tmp_path / "data"
@@ -82,21 +110,20 @@ def test_cifar10_evaluation_reports_every_judge_figure_and_a_row_per_class(tmp_p
                                                "--eval-images", "16", "--bpe-vocab", "300", "--out", str(tmp_path / "run")])
     ckpt = train.main(["showo"] + common + ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-rows", "16",
                                             "--tokenizer", tok, "--out", str(tmp_path / "run" / "stage1")])
-    monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
-    monkeypatch.setattr(evaluate, "JUDGE_CACHE", str(tmp_path / "judges"))
+    monkeypatch.setattr(evaluate, "load_or_train_judge", lambda *a: OneClassJudge(0))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    truth = [names[label] for label in cifar_labels(32, first=32)]
+    monkeypatch.setattr(evaluate, "answer", lambda pipe, codes, questions, *a, **k: truth[:len(questions)])
     compared, real_distance = [], evaluate.frechet_distance
     monkeypatch.setattr(evaluate, "frechet_distance", lambda a, b: compared.append(len(a)) or real_distance(a, b))
     result = evaluate.evaluate_showo(ckpt, "cifar10", data_dir=str(data_dir), prompts=2, steps=2, batch=16,
                                      out_dir=str(tmp_path / "eval"))
     assert compared == [20, 20, 20]  # samples, reconstructions and training images: as many of each
-    assert 0 <= result["classification_accuracy"] <= 1
-    judge = result["judge"]
-    assert judge["samples_per_class"] == 2
-    for key in ("test_accuracy", "sample_accuracy", "reconstruction_accuracy"):
-        assert 0 <= judge[key] <= 1, key
-    for key in ("frechet", "frechet_reconstructions", "frechet_training_images"):
-        assert judge[key] >= -1e-9, key
+    assert result["classification_accuracy"] == 1.0
+    judge, airplanes = result["judge"], round(float((cifar_labels(32, first=32) == 0).mean()), 4)
+    assert judge["samples_per_class"] == 2 and judge["sample_accuracy"] == 0.1
+    assert judge["test_accuracy"] == judge["reconstruction_accuracy"] == airplanes
     # real training images lie far closer to the test images than an untrained model's samples
-    assert judge["frechet_training_images"] < judge["frechet"]
+    assert 0 <= judge["frechet_training_images"] < judge["frechet"]
     grid = Image.open(tmp_path / "eval" / "samples.png")  # 16 px images drawn 4x: 64 px tiles
     assert grid.height >= 10 * 64 and grid.width < 3 * 64 + 20  # ten rows (the classes) of two samples

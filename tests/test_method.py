@@ -1,13 +1,15 @@
 """What the method promises, checked on small examples with known answers: the MTP masks, guided
-MaskGIT's mixture of logits, batched text decoding, and which positions can see which under
-omni-attention in a whole model. Run: python -m pytest tests/test_method.py"""
+MaskGIT's mixture of logits, batched text decoding, which positions can see which under
+omni-attention in a whole model, and the gradient of a batch split over processes.
+Run: python -m pytest tests/test_method.py"""
 import math
 from collections import Counter
 from types import SimpleNamespace
 
 import torch
 
-from model import Showo, ShowoConfig, generate_images, generate_text, mask_image_tokens
+from model import Showo, ShowoConfig, generate_images, generate_text, mask_image_tokens, training_labels
+from train import batch_loss, position_counts, process_share
 
 CFG = ShowoConfig(text_vocab_size=20, codebook_size=16, n_layer=2, n_head=2, n_embd=32, image_tokens=16)
 SPACE = CFG.space
@@ -102,3 +104,42 @@ def test_a_later_image_token_changes_an_earlier_one_and_later_text_changes_nothi
     a, b = logits_of(model, mmu), logits_of(model, mmu_changed)
     last = len(mmu.ids) - 2                                      # the changed answer token
     assert torch.allclose(a[:last], b[:last]) and not torch.allclose(a[last], b[last])  # text is causal
+
+
+def mixed_batch(seed=0):
+    """Groups as data.tasks.build_batch makes them: text-to-image rows (masked for MTP), understanding
+    rows and text-only rows, each group padded to its own longest row, answers of unequal lengths."""
+    g = torch.Generator().manual_seed(seed)
+    image = lambda: torch.randint(0, 16, (16,), generator=g)  # noqa: E731
+    text = lambda n: torch.randint(0, 20, (n,), generator=g).tolist()  # noqa: E731
+    groups = []
+    for rows in ([SPACE.t2i(text(1 + k), image()) for k in range(5)],
+                 [SPACE.mmu(image(), text(2), text(1 + 2 * k)) for k in range(4)], [SPACE.lm(text(3 + k)) for k in range(3)]):
+        ids, text_targets, task = SPACE.pad_rows(rows)
+        inputs, masked = mask_image_tokens(ids, task, SPACE, g)
+        groups.append((inputs, training_labels(ids, text_targets, masked), task))
+    return groups
+
+
+def test_the_shares_of_two_processes_sum_to_the_gradient_of_the_whole_batch():
+    """torchrun's training, in one process with the all-reduce replaced by a sum: each process's loss is
+    its rows' part of the batch's means (train.batch_loss divides by the WHOLE batch's counts of loss
+    positions), so the two shares' gradients add up to the one-process gradient. Dividing by a share's
+    own counts, or averaging the shares, would give another gradient: the halves hold unequal numbers
+    of masked slots and answer tokens."""
+    model = decisive_model(text_conv=2, slot_embedding=True)
+    cfg = SimpleNamespace(model=model.cfg, bf16=False, w_t2i=1.0, w_mmu=1.0, w_lm=0.1)
+    groups = mixed_batch()
+    counts = position_counts(groups, SPACE)
+
+    def gradient(part):
+        model.zero_grad()
+        batch_loss(model, part, counts, cfg, torch.device("cpu"))[0].backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    whole = gradient(groups)
+    shares = [process_share(groups, rank, 2) for rank in range(2)]
+    rows = [sum(len(group[0]) for group in part) for part in shares]
+    assert sum(rows) == 12 and abs(rows[0] - rows[1]) <= 1  # every row once, in halves
+    torch.testing.assert_close(gradient(shares[0]) + gradient(shares[1]), whole, atol=1e-6, rtol=1e-4)
+    own_counts = [position_counts(part, SPACE) for part in shares]
+    assert own_counts[0] != own_counts[1]  # the halves really differ: a wrong scale would show

@@ -168,7 +168,7 @@ def test_code_bits_add_a_linear_map_of_each_codes_bits_to_image_codes_only():
 def batch(rows, seed=0):
     ids, text_targets, task = SPACE.pad_rows(rows)
     inputs, masked = mask_image_tokens(ids, task, SPACE, torch.Generator().manual_seed(seed))
-    return ids, inputs, masked, training_labels(ids, text_targets, masked, SPACE), text_targets, task
+    return ids, inputs, masked, training_labels(ids, text_targets, masked), text_targets, task
 
 
 def test_mask_image_tokens_masks_only_generated_images_and_at_least_one_token():
@@ -205,7 +205,7 @@ def test_mtp_loss_is_taken_only_at_masked_positions_and_is_not_shifted():
     b, pos = (SPACE.is_image_code(ids) & ~masked).nonzero()[0].tolist()
     other = ids.clone()
     other[b, pos] = SPACE.image_offset + (ids[b, pos] - SPACE.image_offset + 1) % 16
-    assert torch.equal(training_labels(other, text_targets, masked, SPACE), labels)
+    assert torch.equal(training_labels(other, text_targets, masked), labels)
     b, pos = masked.nonzero()[0].tolist()
     other = labels.clone()
     other[b, pos] = SPACE.image_offset + (labels[b, pos] - SPACE.image_offset + 1) % 16

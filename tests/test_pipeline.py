@@ -7,9 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-import config
-import evaluate
 import train
+from evaluation import evaluate, judge
 from test_datasets import SHARED, needs_coco, write_cifar
 
 # what a tiny run changes in the CIFAR-10 presets: 16 px images, a 1-layer model, 2 steps per part
@@ -29,14 +28,14 @@ README_KEYS = {"tokenizer": ["psnr", "usage", "codebook_size"],
 def tiny_recipes(monkeypatch, tmp_path):
     """The real pipeline code with tiny presets (the same dicts the job reads), and the judge cached here."""
     for dataset in ("cifar10", "coco", "folder"):
-        monkeypatch.setitem(config.TOKENIZER_PRESETS, dataset, dict(config.TOKENIZER_PRESETS[dataset], **TINY_TOKENIZER))
-        monkeypatch.setitem(config.SHOWO_PRESETS, dataset, dict(config.SHOWO_PRESETS[dataset], **TINY_SHOWO))
-        monkeypatch.setitem(config.PIPELINE_STAGES, dataset, {1: 2, 2: 1, 3: 2})
+        monkeypatch.setitem(train.TOKENIZER_PRESETS, dataset, dict(train.TOKENIZER_PRESETS[dataset], **TINY_TOKENIZER))
+        monkeypatch.setitem(train.SHOWO_PRESETS, dataset, dict(train.SHOWO_PRESETS[dataset], **TINY_SHOWO))
+        monkeypatch.setitem(train.PIPELINE_STEPS, dataset, {1: 2, 2: 1, 3: 2})
     # --preset gpu's code path with the tiny sizes above (its real sizes are checked in test_train.py)
-    monkeypatch.setitem(config.GPU_PIPELINES, "coco", dict(tokenizer=dict(compile=True), showo=dict(compile=True),
-                                                           stages={1: 2, 2: 1, 3: 2}))
+    monkeypatch.setitem(train.GPU_PIPELINES, "coco", dict(tokenizer=dict(bf16=True), showo=dict(bf16=True),
+                                                          steps={1: 2, 2: 1, 3: 2}))
     monkeypatch.setitem(evaluate.SAMPLES_PER_PROMPT, "cifar10", 2)
-    monkeypatch.setattr(evaluate, "JUDGE_EPOCHS", 1)
+    monkeypatch.setattr(judge, "JUDGE_EPOCHS", 1)
     monkeypatch.setattr(evaluate, "JUDGE_CACHE", str(tmp_path / "judges"))
 
 
@@ -70,7 +69,7 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
 
 @needs_coco
 def test_coco_pipeline_captions_held_out_images_and_draws_held_out_captions(tiny_recipes, tmp_path):
-    # the GPU recipe's code path on the CPU (its compile option is ignored there), on 16 real images
+    # the GPU recipe's code path on the CPU (here in bf16, not compiled), on 16 real images
     metrics = train.main(["--dataset", "coco", "--data-dir", str(SHARED / "coco-mini"), "--preset", "gpu",
                           "--limit", "16", "--out", str(tmp_path / "run")])
     assert (metrics["tokenizer"]["split"], metrics["tokenizer"]["images"]) == ("val", 159)

@@ -246,7 +246,7 @@ def test_bench_sample_reports_speedups():
     import subprocess
     import sys
     from pathlib import Path
-    out = subprocess.run([sys.executable, "bench.py", "sample", "--quick"], cwd=Path(__file__).resolve().parents[1],
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "sample", "--quick"], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result["maskgit_over_ar_speedup"]) == {"16_tokens_T8", "16_tokens_T16"}

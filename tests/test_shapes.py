@@ -1,5 +1,5 @@
 """
-Tests of the shapes world (data/shapes.py) and its scorer (data/shapes_scorer.py): the data is deterministic and held out, every caption and
+Tests of the shapes world (data/shapes.py) and its scorer (evaluation/shapes_scorer.py): the data is deterministic and held out, every caption and
 answer is true, and the scorer reads scenes back from clean, blurred, noisy and JPEG'd images and
 rejects images that do not match. Run: python -m pytest -q tests/test_shapes.py (about 10 s on 2 cores).
 """
@@ -15,7 +15,7 @@ from PIL import Image
 from data.shapes import (BACKGROUND, CATEGORIES, COLOURS, COLS, NUMBERS, QTYPES, ROWS, SHAPES, SIZES, Obj, Phrase,
                          Prompt, Scene, _make_obj, caption, make_dataset, parse_caption, prompt_text,
                          prompts_for_category, qa_pairs, render, sample_scene, satisfies)
-from data.shapes_scorer import detect, score
+from evaluation.shapes_scorer import detect, score
 
 
 def scene_for_prompt(prompt, rng, tries=200):

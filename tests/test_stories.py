@@ -76,7 +76,7 @@ def test_story_scores_need_both_the_change_and_the_untouched_objects():
     """Drawing every true scene scores 1 on both; drawing the first scene again and again keeps
     every untouched object but misses every change; drawing nothing after the first image keeps none."""
     from data.shapes import Scene
-    from data.stories import story_scores, untouched
+    from evaluation.evaluate import story_scores, untouched
     stories = make_stories("test", 40)
     untouched_total = sum(len(untouched(a, b)) for s in stories for a, b in zip(s.scenes, s.scenes[1:]))
     accuracy, kept, seen = story_scores(stories, [s.scenes for s in stories])
@@ -93,19 +93,20 @@ def test_a_story_row_shows_each_scene_right_after_the_text_that_leads_to_it(toke
     import random
 
     import data
-    import torch
+    from data.shapes import render
     from data.stories import story_images
-    from data.tasks import TaskRows, image_codes
+    from data.tasks import TaskRows
     from model import ShowoConfig
-    from tokenizer import TextTokenizer
-    text = TextTokenizer.from_file(tokenizer.parent / "text.tiktoken")
+    from tokenizer import TextTokenizer, load_image_tokenizer
+    text = TextTokenizer((tokenizer.parent / "text.tiktoken").read_text())
     cfg = ShowoConfig(text_vocab_size=text.vocab_size, codebook_size=32, image_tokens=16)
     stories = make_stories("train", 5)
-    images = story_images(stories, "train", 16)
-    codes = image_codes(images, tokenizer, torch.device("cpu"))
+    images = story_images(stories, 16)
+    codes = load_image_tokenizer(tokenizer)[0].encode_images(images)
     ds = data.load("shapes", "train", image_size=16, limit=4)
     rows = TaskRows(ds, codes[:4], text, cfg, stage=3, stories=(stories, codes))
-    assert images.scenes == [scene for s in stories for scene in s.scenes] and len(images) == len(codes)
+    scenes = [scene for s in stories for scene in s.scenes]  # every scene drawn, story after story
+    assert len(images) == len(codes) == len(scenes) and (images[-1] == render(scenes[-1], 16)).all()
     space, first = cfg.space, 0
     for k, story in enumerate(stories):
         row = rows.story_row(k)
@@ -117,11 +118,11 @@ def test_a_story_row_shows_each_scene_right_after_the_text_that_leads_to_it(toke
         targets = [i for i, is_target in enumerate(row.text_targets) if is_target]
         assert targets and min(targets) > row.ids.index(space.eoi)  # only text after the first image is a target
     assert rows.row("story", 0, random.Random(0)).task == "interleaved"
-    with pytest.raises(ValueError, match="story rows need stories"):
+    with pytest.raises(ValueError, match="no 'story' rows here"):
         TaskRows(ds, codes[:4], text, cfg, stage=3).row("story", 0, random.Random(0))
 
 
 def test_stories_are_refused_outside_the_shapes_world():
-    import config
+    from train import ShowoTrainConfig
     with pytest.raises(ValueError, match="shapes world only"):
-        config.ShowoTrainConfig(dataset="cifar10", data_dir="x", mix=config.TaskMix(story_frac=0.5))
+        ShowoTrainConfig(dataset="cifar10", data_dir="x", story_frac=0.5)

@@ -1,14 +1,14 @@
 """Tests of tokenizer.py: the LFQ quantizer's invariants, the image tokenizer's training and
-checkpoints, the BPE text tokenizer (trained by train.py's train_bpe), and the unified token space with its row layouts.
+checkpoints, the BPE text tokenizer, and the unified token space with its row layouts.
 Run: python -m pytest tests/test_tokenizer.py"""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TokenSpace,
-                       image_tokenizer_checkpoint, load_bpe, load_image_tokenizer)
-from train import save_bpe, train_bpe  # the BPE is trained by the training program, read by tokenizer.py
+from tokenizer import (LFQ, ImageTokenizer, ImageTokenizerConfig, TextTokenizer, TokenSpace, bpe_text,
+                       image_tokenizer_checkpoint, load_image_tokenizer, psnr, train_bpe)
 
 # ----------------------------------------------------------------------------- LFQ
 
@@ -67,24 +67,22 @@ def exact_batch_entropy(lfq, z):
     return -(mean * mean.clamp_min(1e-30).log()).sum()
 
 
-def test_bit_group_entropy_matches_exact_where_it_should():
+@pytest.mark.parametrize("bits", [1, 6, 7])
+def test_the_entropy_terms_equal_their_definitions(bits):
+    """The batch term from two half-code tables equals the entropy of the mean of all 2^K code
+    probabilities; the per-token term from per-bit sigmoids equals the entropy of each token's own."""
     torch.manual_seed(0)
-    z = torch.randn(64, 7) * 0.02  # soft assignments, |z| ~ tau, so every term matters
-    one_group = LFQ(7, entropy_group_bits=7)  # its mean: a (2^4, 2^3) product of half-code tables
-    four_groups = LFQ(7, entropy_group_bits=2)  # groups of 2, 2, 2 and 1 bits
-    exact = exact_batch_entropy(one_group, z)
-    # One group of all bits is exact.
-    assert torch.allclose(one_group.entropy_penalty(z)[2], exact, rtol=1e-4)
-    # Groups: a sum of marginal entropies, an upper bound on the joint entropy...
-    assert four_groups.entropy_penalty(z)[2] >= exact - 1e-5
-    # ...with equality when the groups are independent, e.g. a single token (its p(c|z) factorises).
-    single = z[:1]
-    assert torch.allclose(four_groups.entropy_penalty(single)[2], exact_batch_entropy(one_group, single), rtol=1e-4)
-    # The per-token term uses the per-bit factorisation; check it against the definition too.
-    codes = one_group.indices_to_codes(torch.arange(2 ** 7))
-    p = torch.softmax(-torch.cdist(z, codes) ** 2 / one_group.tau, dim=-1)
-    per_token_exact = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
-    assert torch.allclose(four_groups.entropy_penalty(z)[1], per_token_exact, rtol=1e-3)
+    lfq, z = LFQ(bits), torch.randn(64, bits) * 0.02  # soft assignments, |z| ~ tau, so every term matters
+    _, per_token, batch = lfq.entropy_penalty(z)
+    assert torch.allclose(batch, exact_batch_entropy(lfq, z), rtol=1e-4)
+    p = torch.softmax(-torch.cdist(z, lfq.indices_to_codes(torch.arange(2 ** bits))) ** 2 / lfq.tau, dim=-1)
+    assert torch.allclose(per_token, -(p * p.clamp_min(1e-30).log()).sum(-1).mean(), rtol=1e-3)
+
+
+def test_psnr_of_images_one_grey_level_off_is_48_13_db():
+    images = np.full((2, 4, 4, 3), 100, np.uint8)
+    assert np.allclose(psnr(images, images + 1), 10 * np.log10(255 ** 2), atol=1e-9)  # 48.13 dB
+    assert round(float(psnr(images, images + 1)[0]), 2) == 48.13 and psnr(images, images)[0] > 100
 
 
 # ----------------------------------------------------------------------------- image tokenizer
@@ -142,18 +140,6 @@ def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
     assert torch.equal(model.decode(codes), loaded.decode(codes))
 
 
-def test_checkpoints_with_the_removed_loss_weights_load_only_at_their_neutral_values(tmp_path):
-    model = ImageTokenizer(TINY).eval()
-    ckpt = image_tokenizer_checkpoint(model)
-    ckpt["config"] = dict(ckpt["config"], mse_weight=1.0, l1_weight=0.0)  # as older versions wrote it
-    torch.save(ckpt, tmp_path / "old.pt")
-    assert load_image_tokenizer(tmp_path / "old.pt")[0].cfg == TINY
-    ckpt["config"]["l1_weight"] = 1.0
-    torch.save(ckpt, tmp_path / "l1.pt")
-    with pytest.raises(ValueError, match="L1"):
-        load_image_tokenizer(tmp_path / "l1.pt")
-
-
 def test_checkpoint_that_runs_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -181,7 +167,7 @@ CAPTIONS = ["a red circle to the left of a blue square", "two green triangles", 
 def test_bpe_learns_frequent_words_as_single_tokens():
     ranks = train_bpe(CAPTIONS, vocab_size=300)
     assert len(ranks) == 300 and all(ranks[bytes([b])] == b for b in range(256))
-    tok = TextTokenizer.from_ranks(ranks)
+    tok = TextTokenizer(bpe_text(ranks))
     assert len(tok.encode(" circle")) == 1  # a frequent word (with its space) became one token
     assert len(tok.encode("a red circle")) < len("a red circle".encode())
 
@@ -189,17 +175,15 @@ def test_bpe_learns_frequent_words_as_single_tokens():
 @pytest.mark.parametrize("text", ["a red circle", "", "naïve café — 東京 🚀\u0301 x_y__z\n\t  ", "\x00\xff 12345 don't",
                                   "".join(map(chr, range(1, 600)))])
 def test_bpe_round_trips_any_unicode(tmp_path, text):
-    ranks = train_bpe(CAPTIONS, vocab_size=280)
-    save_bpe(ranks, tmp_path / "bpe.tiktoken")
-    assert load_bpe(tmp_path / "bpe.tiktoken") == ranks
-    tok = TextTokenizer.from_file(tmp_path / "bpe.tiktoken")
+    (tmp_path / "text.tiktoken").write_text(bpe_text(train_bpe(CAPTIONS, vocab_size=280)))
+    tok = TextTokenizer((tmp_path / "text.tiktoken").read_text())  # tiktoken's rank file, as train.py writes it
     ids = tok.encode(text)
     assert all(0 <= i < tok.vocab_size for i in ids)
     assert tok.decode(ids) == text
 
 
 def test_user_text_never_becomes_a_special_token():
-    tok = TextTokenizer.from_ranks(train_bpe(CAPTIONS, vocab_size=270))
+    tok = TextTokenizer(bpe_text(train_bpe(CAPTIONS, vocab_size=270)))
     prompt = "<|t2i|> draw <|endoftext|> a circle <|soi|>"
     ids = tok.encode(prompt)  # no error, and only ordinary text ids
     assert all(i < tok.vocab_size for i in ids) and tok.decode(ids) == prompt
@@ -244,7 +228,7 @@ def test_a_dialogue_learns_every_answer_and_starts_like_a_one_question_row():
 
 
 def test_rows_built_from_user_text_hold_no_special_ids():
-    tok = TextTokenizer.from_ranks(train_bpe(["a red circle"], 260))
+    tok = TextTokenizer(bpe_text(train_bpe(["a red circle"], 260)))
     row = SPACE_.t2i(tok.encode("[T2I] <|t2i|> [EOT] [MASK]"), 4)
     text = row.ids[2:row.ids.index(SPACE_.eot)]
     assert all(i < tok.vocab_size for i in text)  # the text stays text ids, below every special id

@@ -2,9 +2,9 @@
 Benchmarks. The last printed line is one JSON object. Quote medians and ratios from one run: the
 machines are shared and noisy, so absolute numbers move between runs more than ratios do.
 
-    python bench.py tokenizer            # default sizes; --quick for a fast smoke run
-    python bench.py train                # Show-o training steps: omni-attention vs plain causal
-    python bench.py sample               # MaskGIT vs autoregressive decoding; KV cache for text
+    python -m tools.bench tokenizer      # default sizes; --quick for a fast smoke run
+    python -m tools.bench train          # Show-o training steps: omni-attention vs plain causal
+    python -m tools.bench sample         # MaskGIT vs autoregressive decoding; KV cache for text
 
 `tokenizer` measures
 1. encode + decode throughput (images/s) of the image tokenizer at the shapes preset size;
@@ -42,16 +42,20 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
-from config import SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, autodetect_device, make_config
-from model import (IGNORE, KVCache, Showo, ShowoConfig, device_generator, generate_images, generate_text, joint_loss,
-                   mask_image_tokens, optimizer_groups, sample_next, training_labels)
+import model as model_module
+from model import (IGNORE, KVCache, Showo, ShowoConfig, device_generator, generate_images, generate_text,
+                   mask_image_tokens, optimizer_groups, pick_device, sample_next, training_labels)
 from tokenizer import LFQ, ImageTokenizer
-from train import batch_losses
+from train import (SHOWO_PRESETS, TOKENIZER_PRESETS, ShowoTrainConfig, TokenizerTrainConfig, batch_loss, make_config,
+                   position_counts)
 
 
 def median_time(fn, repeats, device):
@@ -80,7 +84,7 @@ def vq_lookup(z, codebook):
 
 def lfq_lookup(z, lfq):
     """LFQ: (N, K) latents -> indices (N,), quantized (N, K). No codebook at all."""
-    q = lfq.quantize(z)
+    q = torch.where(z > 0, 1.0, -1.0)
     return lfq.codes_to_indices(q), q
 
 
@@ -138,9 +142,9 @@ def run_isolated(function, args, device):
     statistic is reset per case, so it runs here."""
     if device.type == "cuda":
         return globals()[function](*args, device=device)
-    code = (f"import json, torch; from bench import {function}; torch.set_num_threads({torch.get_num_threads()}); "
+    code = (f"import json, torch; from tools.bench import {function}; torch.set_num_threads({torch.get_num_threads()}); "
             f"print(json.dumps({function}(*{args!r}, device=torch.device('cpu'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if out.returncode != 0:  # e.g. VQ's (tokens, 2^bits) distance matrix did not fit in memory
         sys.exit(f"error: benchmark case {function}{args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -148,7 +152,7 @@ def run_isolated(function, args, device):
 
 def bench_tokenizer(args):
     """`bench.py tokenizer`: the module docstring's two measurements -> one JSON-able dict."""
-    device = autodetect_device(args.device)
+    device = pick_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     # 1. encode + decode throughput of the image tokenizer of the shapes preset (the main job's).
     model_cfg = make_config(TokenizerTrainConfig, TOKENIZER_PRESETS["shapes"]).model
@@ -212,7 +216,7 @@ def synthetic_batch(space, rows, text_len=16, image_tokens=64, seed=0):
                   [space.lm(text()) for _ in range(rows - n_t2i - n_mmu)]):
         ids, text_targets, task = space.pad_rows(group)
         inputs, masked = mask_image_tokens(ids, task, space, g)
-        groups.append((inputs, training_labels(ids, text_targets, masked, space), task))
+        groups.append((inputs, training_labels(ids, text_targets, masked), task))
     return groups
 
 
@@ -236,15 +240,18 @@ def train_step(size, kind, device):
     (the same weights, seed 0) and batch with SDPA's plain causal path instead."""
     _, rows, image_tokens = TRAIN_SIZES[size]
     model = bench_model(size, device).train()
-    if kind == "causal":  # attention(..., mask=None) takes SDPA's is_causal path (attention.py)
-        model.attention_mask = lambda ids: None
     groups = synthetic_batch(model.space, rows, image_tokens=image_tokens)
     optimizer = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    # as train.py's step: the joint loss of equation 4 over every group, bf16 autocast on CUDA (the GPU presets')
+    cfg = SimpleNamespace(model=model.cfg, bf16=device.type == "cuda", w_t2i=1.0, w_mmu=1.0, w_lm=0.1)
+    counts = position_counts(groups, model.space)
 
-    def step():
-        losses = batch_losses(model, groups, device)
+    def step():  # causal: no mask, so attention takes SDPA's is_causal path (attention.py)
+        with mock.patch.object(model_module, "omni_attention_mask", lambda ids, space: None) if kind == "causal" \
+                else nullcontext():
+            loss, _ = batch_loss(model, groups, counts, cfg, device)
         optimizer.zero_grad(set_to_none=True)
-        joint_loss(losses, dict(t2i=1.0, mmu=1.0, lm=0.1)).backward()
+        loss.backward()
         optimizer.step()
     return model, groups, step
 
@@ -276,7 +283,7 @@ def train_case(size, repeats, device):
         results[kind] = dict(size=size, attention=kind, rows=TRAIN_SIZES[size][1],
                              length=max(ids.shape[1] for ids, _, _ in groups), ms=median * 1e3,
                              tokens_per_s=tokens / median, flops_per_s=step_flops(model, groups) / median,
-                             params=model.num_params())
+                             params=sum(p.numel() for p in model.parameters()))
     return results
 
 
@@ -289,7 +296,7 @@ def matmul_peak(device, n=1024, repeats=7):
 
 def bench_train(args):
     """`bench.py train`: step time, memory and FLOP/s per size, omni against causal -> one dict."""
-    device = autodetect_device(args.device)
+    device = pick_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     peak = matmul_peak(device)
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
@@ -360,7 +367,7 @@ def sample_case(image_tokens, repeats, batch, device):
 
 def bench_sample(args):
     """`bench.py sample`: MaskGIT against autoregressive decoding, the KV cache, images/s -> one dict."""
-    device = autodetect_device(args.device)
+    device = pick_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     result = dict(device=str(device), maskgit_over_ar_speedup={}, forward_passes={}, prefix_cache_speedup={})
     for n in args.image_tokens:

@@ -1,7 +1,5 @@
-"""pytest setup. Being at the repository root, this file also lets plain `pytest` (not only
-`python -m pytest`) import the top-level modules from tests/. The fixtures are shared by the
-end-to-end tests: a tiny trained tokenizer pair and a tiny Show-o run on the shapes world (16 px
-images -> 4x4 tokens of 5 bits), built once per session."""
+"""pytest fixtures shared by the end-to-end tests: a tiny trained tokenizer pair and a tiny Show-o run
+on the shapes world (16 px images -> 4x4 tokens of 5 bits), built once per session."""
 import pytest
 
 import train

@@ -3,7 +3,7 @@ The shapes world's scorer: reads a scene back from an image by plain image analy
 model), so that a generated image can be judged against its prompt (the GenEval-style table of
 evaluate.py) and a tokenizer's reconstruction against its original.
 
-    from data.shapes_scorer import detect, score
+    from evaluation.shapes_scorer import detect, score
     detect(image)                       # -> Scene
     score(image, "two red circles")     # -> bool
 

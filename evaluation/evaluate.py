@@ -1,10 +1,11 @@
 """
-Evaluation programs. The last printed line is always one JSON object (easy to parse in scripts).
+The evaluations behind every figure (not on the training path: train.py imports this file only
+inside the pipeline's last step). The last printed line is always one JSON object.
 
-    python evaluate.py tokenizer --ckpt out/shapes/tokenizer.pt --dataset shapes
-    python evaluate.py tokenizer --ckpt out/cifar10/tokenizer.pt --dataset cifar10 --data-dir ../shared/data
-    python evaluate.py showo --ckpt out/shapes/stage3 --dataset shapes
-    python evaluate.py judge --data-dir ../shared/data          # the CIFAR-10 judge (about 4 min once)
+    python -m evaluation tokenizer --ckpt out/shapes/tokenizer.pt --dataset shapes
+    python -m evaluation tokenizer --ckpt out/cifar10/tokenizer.pt --dataset cifar10 --data-dir ../shared/data
+    python -m evaluation showo --ckpt out/shapes/stage3 --dataset shapes
+    python -m evaluation judge --data-dir ../shared/data          # the CIFAR-10 judge (about 4 min once)
 
 `tokenizer` encodes and decodes every image of the evaluation split and reports:
 - psnr: mean per-image PSNR (dB) between the uint8 originals and the uint8 reconstructions;
@@ -12,7 +13,7 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   collapse: 64 images x 64 tokens can never use 8192 codes);
 - perplexity: exp of the entropy of the split's code histogram (2^K would be perfectly uniform use);
 - shapes only, scorer_agreement: fraction of reconstructions in which the world's scorer
-  (data/shapes_scorer.py, plain image analysis) finds exactly the ground-truth scene.
+  (evaluation/shapes_scorer.py, plain image analysis) finds exactly the ground-truth scene.
 
 `showo` evaluates a Show-o checkpoint (with the tokenizers it was trained with):
 - shapes: a GenEval-style table. For each of GenEval's six categories (single object, two objects,
@@ -28,18 +29,17 @@ Evaluation programs. The last printed line is always one JSON object (easy to pa
   the objects a change left alone kept (stories.png).
 - cifar10: classification by asking "what is this?" of every test image (the question stage 3
   trains on; accuracy of the answer against the class name), and --prompts class-conditional
-  samples per class judged by the judge below (judge.*: its accuracy on them, the Frechet distance
+  samples per class judged by the judge (evaluation/judge.py) (judge.*: its accuracy on them, the Frechet distance
   of their features to the test images', and both figures for the tokenizer's reconstructions and
   for training images); samples.png has a row per class.
 - coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
 
-`judge` trains an independent CIFAR-10 classifier on the training batches it finds (never the test
+`judge` (evaluation/judge.py) trains an independent CIFAR-10 classifier on the training batches it finds (never the test
 split; cached by a digest of its data) and reports its test accuracy and the Frechet distance of
 training images to test images in its feature space: the floor any generator's samples are
 measured against (our own yardstick, as FID's Inception weights cannot be downloaded offline).
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -48,55 +48,41 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import parse_caption, prompts_for_category
-from data.shapes_scorer import detect, score
-from data.stories import STORIES, make_stories, story_scores
-from config import autodetect_device
-from model import atomic_save, autocast, file_digest, generate_images, generate_text
-from sample import (GUIDANCE, STORY_GUIDANCE, Pipeline, generate_story, image_grid, labelled_grid, plot_losses,
-                    steps_strip, story_sheet)
-from tokenizer import images_to_tensor, load_image_tokenizer, tensor_to_images
+from data.stories import STORIES, make_stories
+from evaluation.judge import (JUDGE_CACHE, accuracy, batched, evaluate_judge, frechet_distance, judge_outputs,
+                              load_or_train_judge)
+from evaluation.shapes_scorer import detect, score
+from model import generate_images, generate_text, pick_device
+from sample import GUIDANCE, STORY_GUIDANCE, Pipeline, generate_story, labelled_grid, steps_strip, story_sheet
+from tokenizer import load_image_tokenizer, psnr, tensor_to_images
 
 
 # -----------------------------------------------------------------------------
 # The image tokenizer: PSNR, codebook use, and whether the scorer still reads its reconstructions
 
-def psnr(originals, reconstructions):
-    """Per-image PSNR in dB of uint8 images (B, H, W, 3), the images a user actually sees."""
-    err = (originals.astype(np.float64) - reconstructions.astype(np.float64)) ** 2
-    mse = err.reshape(len(err), -1).mean(1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))  # (B,)
-
-
 @torch.no_grad()
-def reconstruct(model, images_uint8, device, batch_size=256):
-    """uint8 (N, H, W, 3) -> (codes (N, h, w) int64, reconstructions uint8 (N, H, W, 3))."""
-    codes, recons = [], []
-    for i in range(0, len(images_uint8), batch_size):  # batches: a whole split at once would not fit a GPU
-        x = images_to_tensor(images_uint8[i:i + batch_size]).to(device)
-        with autocast(device):
-            c = model.encode(x)
-            r = model.decode(c)
-        codes.append(c.cpu())
-        recons.append(tensor_to_images(r))
-    return torch.cat(codes), np.concatenate(recons)
+def reconstruct(model, images, batch_size=256):
+    """uint8 (N, H, W, 3) -> (codes (N, h*w), reconstructions uint8 (N, H, W, 3)), in fp32 like training."""
+    codes, side = model.encode_images(images, batch_size), model.cfg.latent_size
+    device = next(model.parameters()).device
+    recon = [tensor_to_images(model.decode(c.view(-1, side, side).to(device))) for c in codes.split(batch_size)]
+    return codes, np.concatenate(recon)
 
 
 def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=None, device="auto",
                        grid_path=None):
     """The image tokenizer on a whole held-out split -> dict of the metrics in the module docstring."""
-    device = autodetect_device(device)
-    model, ckpt = load_image_tokenizer(ckpt_path, map_location=device)
-    model.to(device)
+    model, ckpt = load_image_tokenizer(ckpt_path)
+    model.to(pick_device(device))
     ds = data.load(dataset, split, data_dir, model.cfg.image_size, limit)
     t0 = time.time()
-    codes, recon = reconstruct(model, ds.images, device)
+    codes, recon = reconstruct(model, ds.images)
     seconds = time.time() - t0
     # the split's code histogram: usage = codes seen at least once, perplexity = exp(entropy), the
     # number of equally used codes that would give the same entropy (2^K at perfectly uniform use)
@@ -114,145 +100,8 @@ def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=No
         agree = sum(score(img, scene) for img, scene in zip(recon, ds.scenes))
         result["scorer_agreement"] = round(agree / len(ds), 4)
     if grid_path:
-        image_grid([ds.images[:16], recon[:16]]).save(grid_path)
+        labelled_grid(np.concatenate([ds.images[:8], recon[:8]]), ["original"] * 8 + ["reconstruction"] * 8).save(grid_path)
     return result
-
-
-# -----------------------------------------------------------------------------
-# The judge: an independent CIFAR-10 classifier trained here (no downloaded weights), and the
-# Frechet distance in its feature space. Our own yardsticks in the spirit of FID and the
-# Classification Accuracy Score: FID needs Inception weights, which an offline machine cannot fetch,
-# so each figure is printed beside references measured in the same feature space.
-
-JUDGE_EPOCHS = 12  # about 4 minutes on a 2-core CPU for one data_batch (10,000 images)
-JUDGE_CACHE = os.path.join("out", "judges")  # one judge per training set, shared by every run
-
-
-def batched(items, size):
-    """Consecutive slices of at most `size` items."""
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def conv_bn_relu(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-
-class Judge(nn.Module):
-    """A small VGG-style CNN: three stages of two 3x3 convolutions (width w, 2w, 4w), each halving
-    the resolution, then a global average pool (the features) and a linear classifier."""
-
-    def __init__(self, n_classes=10, width=32):
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(conv_bn_relu(3, w), conv_bn_relu(w, w), nn.MaxPool2d(2),
-                                  conv_bn_relu(w, 2 * w), conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2),
-                                  conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2))
-        self.head = nn.Linear(4 * w, n_classes)
-
-    def features(self, x):
-        """(B, 3, H, W) in [-1, 1] -> (B, 4w): the penultimate layer, where the Frechet distance is taken."""
-        return self.body(x).mean((2, 3))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def train_judge(images, labels, n_classes, device, epochs=JUDGE_EPOCHS, seed=0, batch_size=128):
-    """A Judge trained on uint8 images (N, H, W, 3) with int labels (N,): SGD with Nesterov momentum
-    and a one-cycle learning rate, label smoothing 0.1, random flips and 4-pixel shifts (reflected
-    padding): on 10,000 CIFAR-10 images that reaches about 0.72-0.75 test accuracy (README)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the initial weights
-    judge = Judge(n_classes).to(device)
-    x_all, y_all = images_to_tensor(images), torch.as_tensor(labels).long()  # (N, 3, H, W) in [-1, 1]
-    batch_size = min(batch_size, len(x_all))  # a tiny --limit still makes one step per epoch
-    steps_per_epoch = len(x_all) // batch_size
-    optimizer = torch.optim.SGD(judge.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=epochs * steps_per_epoch, pct_start=0.25)
-    judge.train()
-    for _ in tqdm(range(epochs), desc="judge", dynamic_ncols=True):
-        order = torch.randperm(len(x_all), generator=gen)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            x = x_all[idx]
-            flip = torch.rand(len(x), generator=gen) < 0.5                      # per image
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()          # one shift per batch
-            x = F.pad(x, (4, 4, 4, 4), mode="reflect")[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
-            loss = F.cross_entropy(judge(x.to(device)), y_all[idx].to(device), label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    return judge.eval()
-
-
-def load_or_train_judge(ds, cache_dir, device):
-    """The judge of a training set, cached under cache_dir by a digest of its images and labels
-    (another --limit or other batches get another judge). The test split is never seen."""
-    digest = hashlib.sha256(ds.images.tobytes() + ds.labels.tobytes()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"judge-{ds.name}-{len(ds)}-{JUDGE_EPOCHS}-{digest}.pt")
-    os.makedirs(cache_dir, exist_ok=True)  # an unwritable folder fails now, not after the training
-    judge = Judge(len(ds.class_names))
-    if os.path.exists(path):
-        try:
-            judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return judge.to(device).eval()
-        except (RuntimeError, ValueError, EOFError) as e:  # damaged, or a judge of another design
-            print(f"{path} does not load ({type(e).__name__}); training the judge again")
-    judge = train_judge(ds.images, ds.labels, len(ds.class_names), device, epochs=JUDGE_EPOCHS)
-    atomic_save(judge.state_dict(), path)  # a crash never leaves half a judge to be loaded
-    return judge
-
-
-@torch.no_grad()
-def judge_outputs(judge, images, batch_size=500):
-    """uint8 images (N, H, W, 3) -> (features (N, 4w) float64, predicted classes (N,))."""
-    device = next(judge.parameters()).device
-    features, predicted = [], []
-    for chunk in batched(images, batch_size):
-        f = judge.features(images_to_tensor(chunk).to(device))
-        features.append(f.double().cpu())
-        predicted.append(judge.head(f).argmax(1).cpu())
-    return torch.cat(features), torch.cat(predicted)
-
-
-def accuracy(predicted, target):
-    """The share of predicted classes (N,) equal to the target classes (N,), to 4 digits."""
-    return round(float((predicted == target).double().mean()), 4)
-
-
-def frechet_distance(a, b):
-    """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
-    ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), FID's formula in another feature space.
-    Tr (C_a C_b)^(1/2) = Tr (S C_b S)^(1/2) with S = C_a^(1/2): a symmetric matrix, so two eigh
-    calls in float64 give it, with no general matrix square root."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    if min(len(a), len(b)) < 2:
-        raise ValueError("a Frechet distance needs at least two images in each set (a covariance)")
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)                              # (D, D) each
-    values, vectors = torch.linalg.eigh(cov_a)
-    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T       # C_a^(1/2)
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-
-
-def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
-    """`evaluate.py judge`: the judge of the CIFAR-10 training batches found (cached in out/judges/:
-    the data folder may be read-only), its accuracy on the whole test split, and the Frechet floor,
-    training images against test images in its feature space (what a perfect generator would score)."""
-    device = autodetect_device(device)
-    train_ds, test_ds = data.load("cifar10", "train", data_dir, limit=limit), data.load("cifar10", "test", data_dir)
-    t0 = time.time()
-    judge = load_or_train_judge(train_ds, cache_dir, device)
-    seconds = time.time() - t0
-    test_features, predicted = judge_outputs(judge, test_ds.images)
-    train_features, _ = judge_outputs(judge, train_ds.images)
-    return dict(test_accuracy=accuracy(predicted, torch.as_tensor(test_ds.labels)),
-                frechet_train_vs_test=round(frechet_distance(train_features, test_features), 3),
-                train_images=len(train_ds), test_images=len(test_ds), epochs=JUDGE_EPOCHS,
-                train_or_load_seconds=round(seconds, 1))
 
 
 # -----------------------------------------------------------------------------
@@ -375,7 +224,7 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
     result = {"classification_accuracy": round(sum(a == t for a, t in zip(answers, truth)) / len(ds), 4)}
     print(f"classification by asking {CIFAR_QUESTION!r}: {result['classification_accuracy']:.3f} on {len(ds)} images")
     # the prompts the checkpoint was trained on: class names in stage 1, "a photo of an airplane" later
-    stage, n = pipe.ckpt.get("train_config", {}).get("stage"), cfg["prompts"]
+    stage, n = pipe.ckpt["train_config"]["stage"], cfg["prompts"]
     prompts = [name if stage == 1 else class_captions(name)[0] for name in ds.class_names for _ in range(n)]
     images = draw(pipe, prompts, cfg, generator)                              # class-major: n of class 0, ...
     wanted = torch.arange(len(ds.class_names)).repeat_interleave(n)
@@ -400,6 +249,27 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
                            frechet=distance(sample_features), frechet_reconstructions=distance(recon_features),
                            frechet_training_images=distance(train_features))
     return result
+
+
+def untouched(before, after):
+    """The objects a change left as they were: in both scenes, same shape, colour, size and cell."""
+    return set(before.key()) & set(after.key())
+
+
+def story_scores(stories, found):
+    """How well drawn stories follow their texts. found: per story, the scenes the world's scorer
+    reads from its drawn images (shapes_scorer.detect), one per text. -> ({k: the share of k-th
+    images that are exactly their scene}, kept, seen): of the `seen` objects that a change left alone
+    and that the image before it shows, the share `kept` that the image after it shows unchanged."""
+    hits, kept, seen = {}, 0, 0
+    for story, drawn in zip(stories, found):
+        for k, (truth, got) in enumerate(zip(story.scenes, drawn), 1):
+            hits.setdefault(k, []).append(got.key() == truth.key())
+        for before, after, drawn_before, drawn_after in zip(story.scenes, story.scenes[1:], drawn, drawn[1:]):
+            for obj in untouched(before, after) & set(drawn_before.key()):
+                seen += 1
+                kept += obj in drawn_after.key()
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, kept / max(seen, 1), seen
 
 
 def evaluate_stories(pipe, n, cfg, generator, out_dir):
@@ -463,7 +333,7 @@ def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device=
     else:
         result = evaluate_captions(pipe, ds, cfg, generator, out_dir)
     result.update(dataset=dataset, split=ds.split, images=len(ds), steps=steps, guidance=guidance,
-                  trained_steps=pipe.ckpt.get("step"), stage=pipe.ckpt.get("train_config", {}).get("stage"),
+                  trained_steps=pipe.ckpt["step"], stage=pipe.ckpt["train_config"]["stage"],
                   seconds=round(time.time() - t0, 1))
     return result
 
@@ -476,13 +346,54 @@ STRIP_PROMPTS = {"shapes": "a red circle above a blue square", "cifar10": class_
 SAMPLES_PER_PROMPT = {"shapes": 100, "cifar10": 50}  # GenEval-style prompts per category / samples per class
 
 
+def plot_losses(log_paths, path, width=640, height=320):
+    """Per-task training losses of consecutive runs (the stages), one line per task, as a PNG drawn
+    with Pillow (no plotting library needed). Vertical lines mark where a stage begins."""
+    # one x axis for the whole job: stage k's steps continue where stage k - 1 ended
+    series, offsets, offset = {}, [], 0
+    for log_path in log_paths:
+        records = [json.loads(line) for line in open(log_path)]
+        offsets.append(offset)
+        for r in records:
+            for task in ("t2i", "mmu", "lm"):
+                if task in r:
+                    series.setdefault(task, []).append((offset + r["step"], r[task]))
+        offset += records[-1]["step"] if records else 0
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    # data -> pixels: a 40 px margin on the left for the scale, 30 px below for the stage names
+    top = max(v for points in series.values() for _, v in points)
+    x = lambda step: 40 + (width - 50) * step / max(offset, 1)            # noqa: E731
+    y = lambda value: height - 30 - (height - 50) * value / max(top, 1e-9)  # noqa: E731
+    draw.line([(40, 10), (40, height - 30), (width - 10, height - 30)], fill="black")
+    for frac in (0, 0.5, 1):
+        draw.text((2, y(top * frac) - 6), f"{top * frac:.1f}", fill="black")
+    for stage, start in enumerate(offsets, 1):
+        draw.line([(x(start), 10), (x(start), height - 30)], fill=(200, 200, 200))
+        draw.text((x(start) + 3, height - 26), f"stage {stage}", fill="gray")
+    # the colours of attention.py's pictures: orange for image (MTP) losses, blue and grey for text (NTP)
+    colours = {"t2i": (244, 160, 0), "mmu": (66, 133, 244), "lm": (120, 120, 120)}
+    for i, (task, points) in enumerate(series.items()):
+        runs, current = [], [points[0]]
+        for a, b in zip(points, points[1:]):
+            if b[0] - a[0] > 1:  # the task pauses (a stage without it): break the line
+                runs.append(current)
+                current = []
+            current.append(b)
+        for run in runs + [current]:
+            if len(run) > 1:
+                draw.line([(x(s), y(v)) for s, v in run], fill=colours[task], width=1)
+        draw.text((width - 160 + 50 * i, 12), task, fill=colours[task])
+    img.save(path)
+
+
 def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir, seed, minutes, t0):
     """The tokenizer and the final Show-o checkpoint on the held-out split (a folder: its own images),
     then the pictures: samples.png (by evaluate_showo), steps.png (one decoding, step by step) and
     losses.png (every stage's losses); all figures, with the call's wall-clock minutes (minutes: the
     training parts', t0: when the call began), go to run_dir/metrics.json. Skipped, and that file read
     back, when it was measured on the same checkpoints, data and samples (delete it to measure again)."""
-    measured_on = dict(tokenizer=file_digest(tokenizer_ckpt), showo=file_digest(showo_ckpt), dataset=dataset,
+    measured_on = dict(tokenizer=os.path.getmtime(tokenizer_ckpt), showo=os.path.getmtime(showo_ckpt), dataset=dataset,
                        data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
                        samples=SAMPLES_PER_PROMPT.get(dataset, 100))
     metrics_path = os.path.join(run_dir, "metrics.json")
@@ -514,7 +425,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     return metrics
 
 
-def print_pipeline_summary(metrics, run_dir):
+def print_summary(metrics, run_dir):
     """A pipeline's figures in a few lines (metrics.json holds them all)."""
     tok, showo = metrics["tokenizer"], metrics["showo"]
     where = f"the {tok['split']} split"
