@@ -57,38 +57,57 @@ from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, bpe_
 
 
 @dataclass
-class TokenizerTrainConfig:
-    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
+class RunConfig:
+    """What both trainers' runs share: the data, the device and precision, the run folder. Each trainer's
+    config adds its own options and its model's config (`model`), whose fields are options too."""
     dataset: str = option("shapes", "shapes | cifar10 | coco | folder")
     data_dir: str = option(None, "where cifar10/coco/folder data lives (shapes needs none)")
     limit: int = option(None, "use at most this many training images")
-    eval_images: int = option(500, "held-out images for the periodic evaluation")
-    bpe_vocab: int = option(512, "text tokenizer size (stops early if the captions run out of pairs)")
-    max_steps: int = option(1500, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
-    batch_size: int = option(64, "images per step")
-    lr: float = option(2e-3, "peak AdamW learning rate")
-    warmup_steps: int = option(100, "linear warm-up, then cosine decay to lr * min_lr_frac")
-    min_lr_frac: float = option(0.05, "final learning rate as a fraction of --lr")
-    grad_clip: float = option(1.0, "clip the gradient's global norm to this")
-    out: str = option("out/shapes", "run folder: tokenizer.pt, text.tiktoken, recon.png, tokenizer_log.jsonl")
-    eval_every: int = option(250, "evaluate, write recon.png and a checkpoint every this many steps")
-    seed: int = option(0, "data order, model init and the shapes world all follow it")
+    seed: int = option(0, "data order, masks, initial weights and the shapes world all follow it")
     device: str = option("auto", "auto (cuda -> mps -> cpu) | cpu | cuda | cuda:N | mps")
     compile: bool = option(False, "torch.compile the model (pays on GPUs; minutes of compiling on a CPU)")
     bf16: bool = option(False, "bf16 autocast (pays on GPUs; slower on most CPUs)")
-    resume: bool = option(False, "continue from OUT/tokenizer.pt")
+    resume: bool = option(False, "continue from the run folder's checkpoint")
+    max_steps: int = option(1000, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
+    batch_size: int = option(64, "images (tokenizer) or rows (Show-o) per step")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    warmup_steps: int = option(50, "linear warm-up, then cosine decay to lr * min_lr_frac")
+    min_lr_frac: float = option(0.1, "final learning rate as a fraction of --lr")
+    grad_clip: float = option(1.0, "clip the gradient's global norm to this")
+    out: str = option(None, "run folder [default: out/DATASET for the tokenizers, out/DATASET/stageN for Show-o]")
+    eval_every: int = option(100, "evaluate and write a checkpoint every this many steps")
 
-    def __post_init__(self):
-        check_common(self, ("max_steps", "batch_size", "eval_every", "eval_images"))
+    def check(self, at_least_one):
+        """A known dataset with its data folder, positive counts."""
+        if self.dataset not in data.DATASETS:
+            raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}")
+        if (self.dataset == "shapes") != (self.data_dir is None):
+            raise ValueError(f"--data-dir is needed for {self.dataset} (e.g. ../shared/data)" if self.dataset != "shapes"
+                             else "--data-dir is not needed for shapes: the world is generated")
+        for name in at_least_one + ("limit",):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 @dataclass
-class ShowoTrainConfig:
+class TokenizerTrainConfig(RunConfig):
+    model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
+    eval_images: int = option(500, "held-out images for the periodic evaluation")
+    bpe_vocab: int = option(512, "text tokenizer size (stops early if the captions run out of pairs)")
+    # the tokenizer's own defaults of four RunConfig options (a field declared again replaces its default)
+    max_steps: int = option(1500, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
+    lr: float = option(2e-3, "peak AdamW learning rate")
+    min_lr_frac: float = option(0.05, "final learning rate as a fraction of --lr")
+    warmup_steps: int = option(100, "linear warm-up, then cosine decay to lr * min_lr_frac")
+
+    def __post_init__(self):
+        self.check(("max_steps", "batch_size", "eval_every", "eval_images"))
+
+
+@dataclass
+class ShowoTrainConfig(RunConfig):
     model: ShowoConfig = field(default_factory=ShowoConfig)
-    dataset: str = option("shapes", "shapes | cifar10 | coco | folder")
-    data_dir: str = option(None, "where cifar10/coco/folder data lives (shapes needs none)")
     tokenizer: str = option(None, "image tokenizer checkpoint, text.tiktoken beside it (default: OUT/../tokenizer.pt)")
-    limit: int = option(None, "use at most this many training images")
     mirror: bool = option(False, "training rows also show the image mirrored left to right (its own codes)")
     hide_codes: float = option(0.0, "understanding rows hide a share u ~ U(0, this) of their image codes behind [MASK]")
     eval_rows: int = option(256, "held-out rows for the periodic held-out losses")
@@ -103,23 +122,10 @@ class ShowoTrainConfig:
     w_t2i: float = option(1.0, "weight of the MTP loss in L = w_t2i L_MTP + w_mmu L_MMU + w_lm L_LM (equation 4)")
     w_mmu: float = option(1.0, "weight of the understanding rows' NTP loss")
     w_lm: float = option(0.1, "weight of the text-only rows' NTP loss (Show-o's configs: 1, 1, 0.1)")
-    max_steps: int = option(1000, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
-    batch_size: int = option(64, "rows per step")
-    lr: float = option(1e-3, "peak AdamW learning rate")
     weight_decay: float = option(0.05, "on linear-layer matrices only (not norms, biases, embeddings)")
-    warmup_steps: int = option(50, "linear warm-up, then cosine decay to lr * min_lr_frac")
-    min_lr_frac: float = option(0.1, "final learning rate as a fraction of --lr")
-    grad_clip: float = option(1.0, "clip the gradient's global norm to this")
-    out: str = option(None, "run folder for showo.pt and log.jsonl (default: out/DATASET/stageN)")
-    eval_every: int = option(100, "held-out losses and a checkpoint every this many steps")
-    seed: int = option(0, "data order, masking and model init all follow it")
-    device: str = option("auto", "auto (cuda -> mps -> cpu) | cpu | cuda | cuda:N | mps")
-    compile: bool = option(False, "torch.compile the model (pays on GPUs; minutes of compiling on a CPU)")
-    bf16: bool = option(False, "bf16 autocast (pays on GPUs; slower on most CPUs)")
-    resume: bool = option(False, "continue from OUT/showo.pt")
 
     def __post_init__(self):
-        check_common(self, ("max_steps", "batch_size", "eval_every", "eval_rows"))
+        self.check(("max_steps", "batch_size", "eval_every", "eval_rows"))
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be 1, 2 or 3, not {self.stage}")
         if not 0 <= self.hide_codes <= 1 or not 0 <= self.cond_dropout <= 1:
@@ -131,18 +137,6 @@ class ShowoTrainConfig:
             raise ValueError("--story-frac: stories exist in the shapes world only")
 
 
-def check_common(cfg, at_least_one):
-    """What both trainers' configs must hold: a known dataset with its data folder, positive counts."""
-    if cfg.dataset not in data.DATASETS:
-        raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}")
-    if (cfg.dataset == "shapes") != (cfg.data_dir is None):
-        raise ValueError(f"--data-dir is needed for {cfg.dataset} (e.g. ../shared/data)" if cfg.dataset != "shapes"
-                         else "--data-dir is not needed for shapes: the world is generated")
-    for name in at_least_one + ("limit",):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-
-
 # Presets per dataset (any option of --help may appear). shapes: 8x downsampling, 4x4 tokens per image,
 # K = 12 and a narrow network: every seed tried reaches 100% scorer agreement (docs/findings.md).
 # CIFAR-10: 4x downsampling (8x8 tokens), K = 12 chosen for the whole pipeline (each code is a row of
@@ -150,9 +144,9 @@ def check_common(cfg, at_least_one):
 TOKENIZER_PRESETS = {
     "shapes": dict(codebook_bits=12, channels=(32, 64, 64), max_steps=1200, eval_every=300, entropy_weight=0.025),
     "cifar10": dict(codebook_bits=12, entropy_tokens=4096, max_steps=3000, eval_every=750, entropy_weight=0.03,
-                    bpe_vocab=320, out="out/cifar10"),
-    "coco": dict(codebook_bits=12, max_steps=1000, entropy_weight=0.05, bpe_vocab=2048, out="out/coco"),
-    "folder": dict(codebook_bits=12, max_steps=1000, entropy_weight=0.05, out="out/folder"),
+                    bpe_vocab=320),
+    "coco": dict(codebook_bits=12, max_steps=1000, eval_every=250, entropy_weight=0.05, bpe_vocab=2048),
+    "folder": dict(codebook_bits=12, max_steps=1000, eval_every=250, entropy_weight=0.05),
 }
 # shapes: at a CPU budget of minutes a narrow model that takes more steps learns more than a wide one,
 # and 8 heads of 16 dimensions more than 4 of 32 (docs/findings.md); both additions are on. CIFAR-10:
@@ -335,6 +329,7 @@ def evaluate_tokenizer_now(model, images, cfg, done):
 def train_tokenizer(cfg):
     """`train.py tokenizer`: the BPE, then the LFQ image tokenizer (ImageTokenizer.forward gives the loss:
     MSE + commitment + entropy penalty). -> the checkpoint's path."""
+    cfg.out = cfg.out or f"out/{cfg.dataset}"
     rank, world, device, path = start(cfg, "tokenizer.pt")
     torch.manual_seed(cfg.seed)  # the initial weights (the same in every process) and the entropy subsets
     train_ds, eval_ds, held_out = load_splits(cfg, cfg.model.image_size, cfg.eval_images)

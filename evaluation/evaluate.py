@@ -451,7 +451,7 @@ def print_summary(metrics, run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     # each command's defaults are the main job's: 100 prompts per category, T = 12, guidance 2
     tok = sub.add_parser("tokenizer", help="PSNR, codebook usage and perplexity of an image tokenizer")
