@@ -307,9 +307,10 @@ def main(argv=None):
         parser.error("--cfg (guidance scale) and the temperatures must be >= 0")
     if args.task in ("caption", "vqa", "inpaint", "extrapolate") and not args.image:
         parser.error(f"--task {args.task} needs --image")
-    if (args.task == "vqa") != bool(args.question) or (args.task == "inpaint") != bool(args.mask):
-        parser.error("--task vqa needs --question, --task inpaint needs --mask (a PNG or a box x0,y0,x1,y1); "
-                     "neither is for another task")
+    if (args.task == "vqa") != bool(args.question):
+        parser.error("--task vqa needs --question, and --question is for --task vqa only")
+    if (args.task == "inpaint") != bool(args.mask):
+        parser.error("--task inpaint needs --mask (a PNG or a box x0,y0,x1,y1), and --mask is for inpainting only")
     if (args.task == "story") != bool(args.then) or (args.task == "story" and len(args.prompt or []) > 1):
         parser.error("--task story needs one --prompt (the first scene) and --then (each change); --then is for stories")
     if args.prompt is None and args.task in ("t2i", "lm", "story"):

@@ -382,7 +382,7 @@ def read_checkpoint(path, kind, hint="", needs=()):
         raise FileNotFoundError(f"no checkpoint at {path}{hint}") from None
     except Exception as e:  # noqa: BLE001 (unpickling junk fails almost anywhere; re-raised naming the file)
         raise ValueError(f"{path} is not a readable checkpoint (damaged, foreign, or holding code, which is "
-                         f"never run): {type(e).__name__}: {e}") from e
+                         f"never run; {type(e).__name__})") from e
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         name = kind.replace("_", " ")
         raise ValueError(f"{path} is not {'an' if name[0] in 'aeiou' else 'a'} {name} checkpoint")

@@ -68,13 +68,13 @@ class RunConfig:
     compile: bool = option(False, "torch.compile the model (pays on GPUs; minutes of compiling on a CPU)")
     bf16: bool = option(False, "bf16 autocast (pays on GPUs; slower on most CPUs)")
     resume: bool = option(False, "continue from the run folder's checkpoint")
-    max_steps: int = option(1000, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
+    max_steps: int = option(1000, "optimizer steps in all (the schedule's length: --resume needs the same)")
     batch_size: int = option(64, "images (tokenizer) or rows (Show-o) per step")
     lr: float = option(1e-3, "peak AdamW learning rate")
     warmup_steps: int = option(50, "linear warm-up, then cosine decay to lr * min_lr_frac")
     min_lr_frac: float = option(0.1, "final learning rate as a fraction of --lr")
     grad_clip: float = option(1.0, "clip the gradient's global norm to this")
-    out: str = option(None, "run folder [default: out/DATASET for the tokenizers, out/DATASET/stageN for Show-o]")
+    out: str = option(None, "run folder (None: out/DATASET for the tokenizers, out/DATASET/stageN for Show-o)")
     eval_every: int = option(100, "evaluate and write a checkpoint every this many steps")
 
     def check(self, at_least_one):
@@ -82,7 +82,7 @@ class RunConfig:
         if self.dataset not in data.DATASETS:
             raise ValueError(f"--dataset must be one of {', '.join(data.DATASETS)}")
         if (self.dataset == "shapes") != (self.data_dir is None):
-            raise ValueError(f"--data-dir is needed for {self.dataset} (e.g. ../shared/data)" if self.dataset != "shapes"
+            raise ValueError(f"--data-dir is needed for {self.dataset}: the folder holding its data" if self.dataset != "shapes"
                              else "--data-dir is not needed for shapes: the world is generated")
         for name in at_least_one + ("limit",):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -95,7 +95,7 @@ class TokenizerTrainConfig(RunConfig):
     eval_images: int = option(500, "held-out images for the periodic evaluation")
     bpe_vocab: int = option(512, "text tokenizer size (stops early if the captions run out of pairs)")
     # the tokenizer's own defaults of four RunConfig options (a field declared again replaces its default)
-    max_steps: int = option(1500, "optimizer steps in all (the schedule's length: a resumed run keeps it)")
+    max_steps: int = option(1500, "optimizer steps in all (the schedule's length: --resume needs the same)")
     lr: float = option(2e-3, "peak AdamW learning rate")
     min_lr_frac: float = option(0.05, "final learning rate as a fraction of --lr")
     warmup_steps: int = option(100, "linear warm-up, then cosine decay to lr * min_lr_frac")
@@ -368,6 +368,7 @@ def train_tokenizer(cfg):
                                                        train_config=asdict(cfg), rng=torch.get_rng_state()), path)
             with open(os.path.join(cfg.out, "tokenizer_log.jsonl"), "a") as log:  # after the checkpoint it reports
                 log.write(json.dumps(dict(stats, minutes=round((time.time() - t0) / 60, 2))) + "\n")
+    print(f"done: {path} ({(time.time() - t0) / 60:.1f} min), reconstructions in {cfg.out}/recon.png")
     if dist.is_initialized():
         dist.barrier()  # Show-o, on every process, reads the final checkpoint next
     return path
@@ -403,7 +404,8 @@ def batch_loss(model, groups, counts, cfg, device):
         for name, mean in losses.items():
             sums[name] = sums.get(name, 0.0) + mean * int(positions[name].sum())
     weights = dict(t2i=cfg.w_t2i, mmu=cfg.w_mmu, lm=cfg.w_lm)
-    return sum((weights[k] * total / counts[k] for k, total in sums.items()), torch.zeros((), device=device)), sums
+    loss = sum((weights[k] * total / counts[k] for k, total in sums.items()), torch.zeros((), device=device))
+    return loss, {k: total.detach() for k, total in sums.items()}
 
 
 def position_counts(groups, space):
@@ -516,7 +518,8 @@ def logged_step(line):
 # The pipeline: `python train.py [--dataset D]`, one dataset's tokenizers, three stages and evaluation
 
 
-def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, preset=None, **showo_options):
+def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, preset=None, device="auto",
+                 **showo_options):
     """The tokenizers, Show-o's three stages (each from the previous one's weights) and the evaluation
     on held-out data; each part is skipped when finished and resumed when interrupted. showo_options:
     any Show-o option for every stage (the ablations: slot_embedding=False, text_conv=0)."""
@@ -528,7 +531,7 @@ def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, 
         print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
     recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, steps=PIPELINE_STEPS[dataset])
     out = out or f"out/{dataset}" + (f"-seed{seed}" if seed else "")
-    common = dict(dataset=dataset, data_dir=data_dir, seed=seed, limit=limit, resume=True)
+    common = dict(dataset=dataset, data_dir=data_dir, seed=seed, limit=limit, device=device, resume=True)
     showo_options = {k: v for k, v in showo_options.items() if v is not None}  # None: the preset's
     showo = [make_config(ShowoTrainConfig, {**SHOWO_PRESETS[dataset], **STAGES[stage], **recipe["showo"],
                                             **showo_options, **common, "stage": stage, "max_steps": steps,
@@ -559,6 +562,7 @@ def main(argv=None):
     job.add_argument("--limit", dest="job_limit", type=int, metavar="N", help="train on at most this many images")
     job.add_argument("--seed", dest="job_seed", type=int, default=0, metavar="N", help="seed of every part [default 0]")
     job.add_argument("--out", dest="job_out", metavar="DIR", help="run folder [default out/DATASET, out/DATASET-seedN]")
+    job.add_argument("--device", dest="job_device", default="auto", help="auto (cuda -> mps -> cpu) | cpu | cuda | mps")
     job.add_argument("--preset", dest="job_preset", choices=("cpu", "gpu"), help="gpu: larger, longer, compiled, bf16 "
                      "(cifar10/coco/folder) [default: gpu on CUDA]")
     job.add_argument("--slot-embedding", dest="job_slot_embedding", action=argparse.BooleanOptionalAction,
@@ -585,6 +589,8 @@ def main(argv=None):
         return train_showo(make_config(ShowoTrainConfig, {**defaults, **typed}))
     except (OSError, ValueError) as e:  # bad options, data or checkpoints: the message says what
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: nothing is lost but the steps since the last checkpoint
+        sys.exit("interrupted: the last checkpoint is kept; --resume (the pipeline: run it again) continues")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -41,6 +41,7 @@ measured against (our own yardstick, as FID's Inception weights cannot be downlo
 """
 import argparse
 import json
+import random
 import math
 import os
 import sys
@@ -53,7 +54,7 @@ from tqdm import tqdm
 
 import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
-from data.shapes import parse_caption, prompts_for_category
+from data.shapes import caption, parse_caption, prompts_for_category
 from data.stories import STORIES, make_stories
 from evaluation.judge import (JUDGE_CACHE, accuracy, batched, evaluate_judge, frechet_distance, judge_outputs,
                               load_or_train_judge)
@@ -75,12 +76,14 @@ def reconstruct(model, images, batch_size=256):
     return codes, np.concatenate(recon)
 
 
-def evaluate_tokenizer(ckpt_path, dataset, data_dir=None, split="test", limit=None, device="auto",
+def evaluate_tokenizer(ckpt_path, dataset=None, data_dir=None, split=None, limit=None, device="auto",
                        grid_path=None):
-    """The image tokenizer on a whole held-out split -> dict of the metrics in the module docstring."""
+    """The image tokenizer on a whole held-out split (dataset: the one it was trained on unless given)
+    -> dict of the metrics in the module docstring."""
     model, ckpt = load_image_tokenizer(ckpt_path)
     model.to(pick_device(device))
-    ds = data.load(dataset, split, data_dir, model.cfg.image_size, limit)
+    dataset, data_dir = trained_on(ckpt, dataset, data_dir)
+    ds = data.load(dataset, split or held_out_split(dataset), data_dir, model.cfg.image_size, limit)
     t0 = time.time()
     codes, recon = reconstruct(model, ds.images)
     seconds = time.time() - t0
@@ -206,7 +209,7 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     result["caption_exact"] = round(sum(hits) / len(hits), 4) if hits else None
     result["caption_images"] = len(hits)
     for i, c in list(zip(describable, captions))[:3]:
-        print(f"caption: {c!r}  (truth: {ds.captions[i][0]!r})")
+        print(f"caption: {c!r}  (the scene: {caption(ds.scenes[i], random.Random(0), 'description')[0]!r})")
     print(f"caption exact-match {result['caption_exact']} on {len(hits)} distinct scenes of 1-2 objects")
     return result
 
@@ -308,13 +311,23 @@ def held_out_split(dataset):
     return "val" if dataset == "coco" else "test"
 
 
-def evaluate_showo(ckpt, dataset, data_dir=None, split=None, limit=None, device="auto", prompts=100,
+def trained_on(ckpt, dataset, data_dir):
+    """The dataset (and its folder) to evaluate on: the one given, else the one the checkpoint trained on."""
+    if dataset is None:
+        dataset, data_dir = ckpt["train_config"]["dataset"], data_dir or ckpt["train_config"]["data_dir"]
+    if dataset != "shapes" and data_dir is None:
+        raise ValueError(f"--data-dir is needed for {dataset}")
+    return dataset, data_dir
+
+
+def evaluate_showo(ckpt, dataset=None, data_dir=None, split=None, limit=None, device="auto", prompts=100,
                    steps=12, guidance=GUIDANCE, batch=64, seed=0, out_dir=None, stories=None):
-    """A Show-o checkpoint with the tokenizers it was trained with -> dict of metrics (module
-    docstring); samples.png in out_dir. The main job calls it after stage 3. stories: held-out
-    stories to draw (shapes; default: STORIES["test"] if it was trained on stories, else none)."""
+    """A Show-o checkpoint with the tokenizers it was trained with, on held-out data of its dataset (or
+    `dataset`) -> dict of metrics (module docstring); samples.png in out_dir. The main job calls it after
+    stage 3. stories: held-out stories to draw (shapes; default: STORIES["test"] if it trained on them)."""
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
+    dataset, data_dir = trained_on(pipe.ckpt, dataset, data_dir)
     ds = data.load(dataset, split or held_out_split(dataset), data_dir, pipe.image_size, limit)
     generator = torch.Generator().manual_seed(seed)
     cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
@@ -456,9 +469,9 @@ def main(argv=None):
     # each command's defaults are the main job's: 100 prompts per category, T = 12, guidance 2
     tok = sub.add_parser("tokenizer", help="PSNR, codebook usage and perplexity of an image tokenizer")
     tok.add_argument("--ckpt", required=True, help="tokenizer checkpoint (OUT/tokenizer.pt from train.py)")
-    tok.add_argument("--dataset", default="shapes", choices=data.DATASETS)
+    tok.add_argument("--dataset", choices=data.DATASETS, help="default: the one it was trained on")
     tok.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
-    tok.add_argument("--split", default="test", help="test (shapes, cifar10) or val (coco)")
+    tok.add_argument("--split", help="test (shapes, cifar10) or val (coco) by default")
     tok.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     tok.add_argument("--grid", default=None, help="also write a PNG of originals over reconstructions")
     tok.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -469,7 +482,7 @@ def main(argv=None):
     jd.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sh = sub.add_parser("showo", help="GenEval-style table, VQA, POPE and captioning of a Show-o checkpoint")
     sh.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
-    sh.add_argument("--dataset", default="shapes", choices=data.DATASETS)
+    sh.add_argument("--dataset", choices=data.DATASETS, help="default: the one it was trained on")
     sh.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
     sh.add_argument("--split", default=None, help="test (shapes, cifar10) or val (coco) by default")
     sh.add_argument("--limit", type=int, default=None, help="held-out images for VQA/POPE/captioning/classification")
@@ -484,8 +497,6 @@ def main(argv=None):
     sh.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = parser.parse_args(argv)
     # user mistakes become usage errors before anything is loaded; failures to load become one line
-    if args.command != "judge" and args.dataset != "shapes" and args.data_dir is None:
-        parser.error(f"--data-dir is needed for {args.dataset}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     try:

@@ -407,7 +407,8 @@ def bench_sample(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tok = sub.add_parser("tokenizer", help="image tokenizer throughput; LFQ vs nearest-neighbour VQ")
     tok.add_argument("--batch", type=int, default=256, help="images per encode+decode call")
@@ -422,7 +423,7 @@ def main(argv=None):
                        help="model sizes to time (main: the main job's own model; the ratio target is read at medium)")
     train.add_argument("--repeats", type=int, default=10, help="timed steps of each kind per round (medians reported)")
     train.add_argument("--rounds", type=int, default=3, help="rounds per size (a fresh process each on CPU); the one with the median omni / causal ratio is kept")
-    train.add_argument("--quick", action="store_true", help="small size only, few repeats: a smoke run")
+    train.add_argument("--quick", action="store_true", help="the main job's model only, few repeats: a smoke run")
     train.add_argument("--device", default="auto")
     smp = sub.add_parser("sample", help="MaskGIT vs autoregressive image decoding; KV cache for captioning")
     smp.add_argument("--image-tokens", type=int, nargs="+", default=[64, 256], help="image sizes in tokens")
@@ -432,6 +433,10 @@ def main(argv=None):
     smp.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
     smp.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    try:
+        pick_device(args.device)  # a device this machine lacks: one line, before any work
+    except ValueError as e:
+        parser.error(str(e))
     # --quick: the smallest case of each benchmark, for tests and a first look; not for quoting
     if args.command == "sample":
         if args.quick:
