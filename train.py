@@ -135,12 +135,13 @@ class ShowoTrainConfig(RunConfig):
             raise ValueError("the task shares (--t2i-frac, ...) must be >= 0 and not all 0")
         if self.story_frac > 0 and self.dataset != "shapes":
             raise ValueError("--story-frac: stories exist in the shapes world only")
+        if self.mirror and self.dataset == "shapes":  # a mirrored scene contradicts every "left" and "right" said of it
+            raise ValueError("--mirror is not for the shapes world: its captions and answers say left and right")
 
 
-# Presets per dataset (any option of --help may appear). shapes: 8x downsampling, 4x4 tokens per image,
-# K = 12 and a narrow network: every seed tried reaches 100% scorer agreement (docs/findings.md).
-# CIFAR-10: 4x downsampling (8x8 tokens), K = 12 chosen for the whole pipeline (each code is a row of
-# Show-o's tables), a stronger entropy penalty over every token of the batch. coco / folder: smoke-tested.
+# Presets per dataset (any option of --help). shapes: 8x downsampling (4x4 tokens), K = 12 and a narrow network
+# reach 100% scorer agreement for every seed tried (docs/findings.md); CIFAR-10: 4x (8x8 tokens), K = 12 for the
+# whole pipeline (each code is a row of Show-o's tables), a stronger entropy penalty; coco / folder: smoke-tested.
 TOKENIZER_PRESETS = {
     "shapes": dict(codebook_bits=12, channels=(32, 64, 64), max_steps=1200, eval_every=300, entropy_weight=0.025),
     "cifar10": dict(codebook_bits=12, entropy_tokens=4096, max_steps=3000, eval_every=750, entropy_weight=0.03,
@@ -162,8 +163,7 @@ STAGES = {1: dict(t2i_frac=0.5, caption_frac=0.4, vqa_frac=0.0, lm_frac=0.1),
 # The pipelines (`python train.py [--dataset D]`): steps per stage on a CPU (shapes: the main job)...
 PIPELINE_STEPS = {"shapes": {1: 1400, 2: 600, 3: 1400}, "cifar10": {1: 1200, 2: 200, 3: 800},
                   "coco": {1: 200, 2: 100, 3: 200}, "folder": {1: 200, 2: 100, 3: 200}}  # coco-mini: 80 images
-# ... and on one GPU (--preset gpu, the default on CUDA): a larger model for longer, compiled, in bf16
-GPU = dict(compile=True, bf16=True)
+GPU = dict(compile=True, bf16=True)  # ... and on one GPU (--preset gpu, the default on CUDA): larger, longer
 GPU_PIPELINES = {"cifar10": dict(tokenizer=dict(GPU, channels=(128, 256), batch_size=256, max_steps=4000, eval_every=1000),
                                  showo=dict(GPU, n_layer=8, n_embd=512, n_head=8, batch_size=256),
                                  steps={1: 4000, 2: 600, 3: 2400}),

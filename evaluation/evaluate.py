@@ -154,9 +154,18 @@ def caption_scene(text):
 # The shapes world is small (a tenth of its 144 one-object scenes is held out), so test images repeat:
 # each distinct (scene, question) is asked once, and each distinct scene is captioned once.
 def distinct_questions(ds):
-    """-> [(image index, question, answer, question type)], one per distinct (scene, question)."""
-    return list({(s.key(), q): (i, q, a, t) for i, (s, qa) in enumerate(zip(ds.scenes, ds.qa))
-                 for q, a, t in qa}.values())
+    """-> [(image index, question, answer, question type)], one per distinct (scene, question). An
+    image's two existence questions (one true "yes", one "no": POPE's) are kept or dropped as a pair,
+    so POPE stays balanced: dropping repeats one by one left 47% "yes" (a model always answering "no"
+    would have scored 0.53)."""
+    asked, kept = set(), []
+    for i, (scene, qa) in enumerate(zip(ds.scenes, ds.qa)):
+        pope = [(q, a, t) for q, a, t in qa if t == "exist"]
+        for group in [[x] for x in qa if x[2] != "exist"] + ([pope] if pope else []):
+            if not any((scene.key(), q) in asked for q, _, _ in group):
+                asked |= {(scene.key(), q) for q, _, _ in group}
+                kept += [(i, q, a, t) for q, a, t in group]
+    return kept
 
 
 def describable_scenes(ds):
@@ -166,15 +175,21 @@ def describable_scenes(ds):
 
 def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     """The shapes world: generation (GenEval-style), then understanding (VQA, POPE, captions)."""
-    result, examples = {"geneval": {}}, []
+    result, examples = {"geneval": {}, "geneval_objects": {}, "geneval_objects_asked": {}}, []
     for category in GENEVAL_CATEGORIES:
         # seed 0 always: every checkpoint is judged on the same prompts, whatever the sampling seed
         prompts = prompts_for_category(category, cfg["prompts"], seed=0)
         images = draw(pipe, prompts, cfg, generator)
         passed = [score(img, p) for img, p in zip(images, prompts)]
         result["geneval"][category] = round(sum(passed) / len(passed), 4)
+        # GenEval's rule passes "a circle" when at least one is drawn: how many objects did the samples
+        # hold, against how many their prompts ask for (a phrase asks for its count, or one)?
+        result["geneval_objects"][category] = round(float(np.mean([len(detect(img).objects) for img in images])), 3)
+        result["geneval_objects_asked"][category] = round(float(np.mean(
+            [sum(ph.count or 1 for ph in parse_caption(p).phrases) for p in prompts])), 3)
         examples += [(img, ("ok: " if ok else "no: ") + p) for img, p, ok in list(zip(images, prompts, passed))[:4]]
-        print(f"geneval {category:>14}: {result['geneval'][category]:.3f} ({len(prompts)} prompts)")
+        print(f"geneval {category:>14}: {result['geneval'][category]:.3f} ({len(prompts)} prompts; objects drawn "
+              f"{result['geneval_objects'][category]:.2f}, asked for {result['geneval_objects_asked'][category]:.2f})")
     # GenEval's overall score is the plain mean of its categories
     result["geneval"]["overall"] = round(sum(result["geneval"].values()) / len(GENEVAL_CATEGORIES), 4)
     print(f"geneval {'overall':>14}: {result['geneval']['overall']:.3f}")
@@ -196,10 +211,11 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     result["vqa"] = round(sum(result["vqa_by_type"][t] for t in vqa_types) / len(vqa_types), 4)
     exist = [(truth, got) for (_, _, truth, qtype), got in zip(pairs, answers) if qtype == "exist"]
     result["pope"] = round(sum(t == g for t, g in exist) / len(exist), 4)
-    # a model that always answers "yes" scores 0.5 on POPE: the share of yes answers shows that bias
+    # a model that always answers "yes" scores the truth's share of "yes" on POPE: both shares, measured
     result["pope_yes_ratio"] = round(sum(g == "yes" for _, g in exist) / len(exist), 4)
+    result["pope_truth_yes"] = round(sum(t == "yes" for t, _ in exist) / len(exist), 4)
     print(f"vqa {result['vqa']:.3f} by type {result['vqa_by_type']}; pope {result['pope']:.3f} "
-          f"(answered yes {result['pope_yes_ratio']:.2f}, truth yes 0.50)")
+          f"(answered yes {result['pope_yes_ratio']:.2f}, truth yes {result['pope_truth_yes']:.2f})")
 
     # Captions: the caption rows train full descriptions, so a caption passes only when it parses and
     # names exactly the image's objects with every attribute; the grammar's descriptions cover 1-2 objects
@@ -449,8 +465,10 @@ def print_summary(metrics, run_dir):
           + (f", scorer agreement {100 * tok['scorer_agreement']:.1f}%" if "scorer_agreement" in tok else ""))
     if "geneval" in showo:
         print("GenEval-style (shapes): " + ", ".join(f"{k} {v:.2f}" for k, v in showo["geneval"].items()))
+        print("objects drawn (asked for): " + ", ".join(f"{k} {v:.2f} ({showo['geneval_objects_asked'][k]:.2f})"
+                                                        for k, v in showo["geneval_objects"].items()))
         print(f"VQA {showo['vqa']:.3f}, POPE {showo['pope']:.3f}, caption exact-match {showo['caption_exact']:.3f} "
-              f"(POPE answers yes {showo['pope_yes_ratio']:.2f})")
+              f"(POPE answers yes {showo['pope_yes_ratio']:.2f}, truth yes {showo['pope_truth_yes']:.2f})")
     if "judge" in showo:
         j = showo["judge"]
         print(f"classification by asking {showo['classification_accuracy']:.3f}; judge (test accuracy "

@@ -162,6 +162,9 @@ def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lo
     result = evaluate.evaluate_showo(str(showo_run), "shapes", limit=30, prompts=5, device="cpu")
     assert all(v == 1.0 for v in result["geneval"].values()), result["geneval"]
     assert result["vqa"] == result["pope"] == result["caption_exact"] == 1.0
+    # the oracle draws exactly the objects each prompt asks for, and the scorer reads them all back
+    assert result["geneval_objects"] == result["geneval_objects_asked"]
+    assert result["geneval_objects_asked"]["single_object"] == 1 and result["geneval_objects_asked"]["two_object"] == 2
 
     truths.reverse()  # answers to other questions; captions of other images
     descriptions.reverse()
@@ -172,6 +175,19 @@ def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lo
     monkeypatch.setattr(evaluate, "answer", lambda pipe, codes, questions, *a, **k: ["yes"] * len(questions))
     result = evaluate.evaluate_showo(str(showo_run), "shapes", limit=30, prompts=5, device="cpu")
     assert result["pope"] == round(exist.count("yes") / len(exist), 4) and result["pope_yes_ratio"] == 1.0
+
+
+def test_pope_keeps_each_images_yes_no_pair_together_so_half_the_truths_are_yes():
+    from data import load
+    ds = load("shapes", "test")  # the 1,000 held-out scenes repeat: de-duplication drops many questions
+    asked = evaluate.distinct_questions(ds)
+    exist = [(i, a) for i, _, a, t in asked if t == "exist"]
+    assert len(exist) < 2 * len(ds) and [a for _, a in exist].count("yes") * 2 == len(exist)
+    per_image = {}
+    for i, a in exist:
+        per_image.setdefault(i, []).append(a)
+    assert all(sorted(answers) == ["no", "yes"] for answers in per_image.values())  # kept as pairs
+    assert len({(ds.scenes[i].key(), q) for i, q, _, _ in asked}) == len(asked)   # no question asked twice
 
 
 def test_caption_scene_reads_back_full_descriptions_only():
@@ -234,6 +250,7 @@ def test_evaluate_showo_draws_held_out_stories_for_a_checkpoint_trained_on_them(
     """A scorer that reads back every true scene: each image's scene accuracy and "kept" are then 1."""
     from data.stories import make_stories
     monkeypatch.setattr(evaluate, "STORIES", {"test": 3})  # the default number of stories, made small
+    monkeypatch.setattr(evaluate, "evaluate_shapes", lambda *a: {})  # the stories alone
     truth = iter([scene for story in make_stories("test", 3) for scene in story.scenes])
     monkeypatch.setattr(evaluate, "detect", lambda image: next(truth))  # story by story, image by image
     result = evaluate.evaluate_showo(str(story_run), "shapes", limit=8, prompts=1, steps=2, device="cpu",

@@ -76,6 +76,7 @@ def test_resume_refuses_options_that_change_the_run_and_never_overwrites(tmp_pat
     (["showo", "--stage", "4"], "--stage must be 1, 2 or 3"),
     (["showo", "--tokenizer", "{tmp}/none.pt", "--out", "{tmp}/s"], "no checkpoint at"),
     (["showo", "--dataset", "coco", "--data-dir", "x", "--story-frac", "1"], "shapes world only"),
+    (["showo", "--mirror"], "--mirror is not for the shapes world"),         # its captions say left and right
     (["--dataset", "cifar10"], "--data-dir is needed"),                    # the pipeline checks before training
     (["--text-conv", "-1"], "text_conv must be >= 0"),
     (["--dataset", "shapes", "--preset", "gpu"], "no GPU preset for shapes"),

@@ -271,7 +271,7 @@ def test_the_mirrored_codes_are_the_codes_of_the_mirrored_images(tokenizer):
     from tokenizer import images_to_tensor
     ds, text, codes, model_cfg = tiny_parts(tokenizer, limit=8)
     model = load_image_tokenizer(tokenizer)[0]
-    cfg = train.ShowoTrainConfig(model=model_cfg, mirror=True)
+    cfg = train.ShowoTrainConfig(model=model_cfg, mirror=True, dataset="cifar10", data_dir="x")  # not for shapes
     rows = task_rows(ds, text, model, cfg, training=True)
     flipped = model.encode(images_to_tensor(ds.images).flip(3)).flatten(1)  # (B, 3, H, W): W flipped
     assert torch.equal(rows.mirrored, flipped) and not torch.equal(flipped, rows.codes)
