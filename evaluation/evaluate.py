@@ -54,7 +54,8 @@ from tqdm import tqdm
 
 import data
 from data.cifar10 import CIFAR_QUESTION, class_captions
-from data.shapes import caption, parse_caption, prompts_for_category
+from data.shapes import PREFIXES, caption, parse_caption, prompt_text, prompts_for_category
+from evaluation.captions import bleu4, cider_d, tokenize
 from data.stories import STORIES, make_stories
 from evaluation.judge import (JUDGE_CACHE, accuracy, batched, evaluate_judge, frechet_distance, judge_outputs,
                               load_or_train_judge)
@@ -224,9 +225,13 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     hits = [caption_scene(c) == ds.scenes[i].key() for i, c in zip(describable, captions)]
     result["caption_exact"] = round(sum(hits) / len(hits), 4) if hits else None
     result["caption_images"] = len(hits)
+    # the field's scores too, against the four wordings of each scene's full description (what caption rows teach)
+    wordings = [prompt_text(parse_caption(caption(ds.scenes[i], random.Random(0), "description")[0])) for i in describable]
+    result["captions"] = caption_scores(captions, [[w] + [f"{p} {w}" for p in PREFIXES] for w in wordings])
     for i, c in list(zip(describable, captions))[:3]:
         print(f"caption: {c!r}  (the scene: {caption(ds.scenes[i], random.Random(0), 'description')[0]!r})")
-    print(f"caption exact-match {result['caption_exact']} on {len(hits)} distinct scenes of 1-2 objects")
+    print(f"caption exact-match {result['caption_exact']} on {len(hits)} distinct scenes of 1-2 objects; BLEU-4 "
+          f"{result['captions']['bleu4']:.4f}, CIDEr-D {result['captions']['cider']:.4f}")
     return result
 
 
@@ -307,19 +312,29 @@ def evaluate_stories(pipe, n, cfg, generator, out_dir):
                 kept_of=seen, stories=n, guidance=STORY_GUIDANCE)
 
 
-def evaluate_captions(pipe, ds, cfg, generator, out_dir):
-    """COCO / a folder: captions for held-out images, images for held-out captions."""
-    n = min(len(ds), 16)  # free captions have no exact answer to score: show 16 for a person to judge
+def caption_scores(captions, references):
+    """Greedy captions (N strings) against each image's references (N lists) -> BLEU-4 and CIDEr-D as
+    the COCO caption evaluation computes them (evaluation/captions.py), on tokenized text."""
+    hypotheses, refs = [tokenize(c) for c in captions], [[tokenize(r) for r in rs] for rs in references]
+    return dict(bleu4=round(bleu4(hypotheses, refs), 4), cider=round(cider_d(hypotheses, refs)[0], 4), images=len(captions))
+
+
+def evaluate_captions(pipe, ds, cfg, generator, out_dir, most=1000):
+    """COCO / a folder: captions of (at most `most`) held-out images scored against all their references
+    (BLEU-4, CIDEr-D), 16 of them printed; images drawn for 16 held-out captions, beside the real ones."""
+    n = min(len(ds), most)
     codes = pipe.encode_images(ds.images[:n])
     captions = answer(pipe, codes, [""] * n, cfg["batch"], max_new_tokens=pipe.model.cfg.max_text)
-    for truth, got in zip(ds.captions[:n], captions):
+    scores = caption_scores(captions, ds.captions[:n])
+    for truth, got in list(zip(ds.captions, captions))[:16]:
         print(f"caption: {got!r}  (one truth: {truth[0]!r})")
-    prompts = [caps[0] for caps in ds.captions[:n]]  # the same images' captions: real and drawn side by side
+    print(f"captions of {n} held-out images: BLEU-4 {scores['bleu4']:.4f}, CIDEr-D {scores['cider']:.4f}")
+    prompts = [caps[0] for caps in ds.captions[:16]]  # the same images' captions: real and drawn side by side
     images = draw(pipe, prompts, cfg, generator)
     if out_dir:
-        labelled_grid(np.concatenate([ds.images[:n], images]), ["(real) " + p for p in prompts] + prompts,
+        labelled_grid(np.concatenate([ds.images[:len(prompts)], images]), ["(real) " + p for p in prompts] + prompts,
                       per_row=8).save(os.path.join(out_dir, "samples.png"))
-    return {"captions": [dict(generated=g, truth=t[0]) for g, t in zip(captions, ds.captions[:n])]}
+    return {"captions": dict(scores, examples=[dict(generated=g, truth=t[0]) for g, t in zip(captions[:16], ds.captions)])}
 
 
 def held_out_split(dataset):
@@ -438,7 +453,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, dataset, data_dir, split=held_out_split(dataset))}
     metrics["showo"] = evaluate_showo(showo_ckpt, dataset, data_dir, prompts=measured_on["samples"], seed=seed,
                                       out_dir=run_dir)
-    prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"][0]["truth"]
+    prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"]["examples"][0]["truth"]
     pipe = Pipeline(showo_ckpt)
     _, history = generate_images(pipe.model, [pipe.encode_text(prompt)], steps=12, guidance=GUIDANCE,
                                  generator=torch.Generator().manual_seed(seed), record=True)
@@ -475,7 +490,10 @@ def print_summary(metrics, run_dir):
               f"{j['test_accuracy']:.3f}): samples {j['sample_accuracy']:.3f} of their class, reconstructions "
               f"{j['reconstruction_accuracy']:.3f}; Frechet: samples {j['frechet']:.4f}, reconstructions "
               f"{j['frechet_reconstructions']:.4f}, training images {j['frechet_training_images']:.4f}")
-    for c in showo.get("captions", [])[:3]:  # free text has no exact answer: a few for a person to read
+    if "captions" in showo:
+        print(f"captions: BLEU-4 {showo['captions']['bleu4']:.4f}, CIDEr-D {showo['captions']['cider']:.4f} "
+              f"({showo['captions']['images']} held-out images)")
+    for c in showo.get("captions", {}).get("examples", [])[:3]:  # a few for a person to read
         print(f"caption: {c['generated']!r} (one truth: {c['truth']!r})")
     print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
     print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")

@@ -73,8 +73,10 @@ def test_coco_pipeline_captions_held_out_images_and_draws_held_out_captions(tiny
     metrics = train.main(["--dataset", "coco", "--data-dir", str(SHARED / "coco-mini"), "--preset", "gpu",
                           "--limit", "16", "--out", str(tmp_path / "run")])
     assert (metrics["tokenizer"]["split"], metrics["tokenizer"]["images"]) == ("val", 159)
-    assert len(metrics["showo"]["captions"]) == 16
-    assert all(set(c) == {"generated", "truth"} for c in metrics["showo"]["captions"])
+    captions = metrics["showo"]["captions"]  # every held-out image captioned and scored, 16 shown
+    assert captions["images"] == 159 and len(captions["examples"]) == 16
+    assert all(set(c) == {"generated", "truth"} for c in captions["examples"])
+    assert set(captions) >= {"bleu4", "cider"}
     for picture in ("samples.png", "steps.png", "losses.png"):
         assert Image.open(tmp_path / "run" / picture).width > 0
 
@@ -93,4 +95,5 @@ def test_folder_pipeline_has_no_held_out_split_and_says_so(tiny_recipes, tmp_pat
     metrics = train.main(["--dataset", "folder", "--data-dir", str(tmp_path), "--preset", "cpu",
                           "--out", str(tmp_path / "run")])
     assert metrics["tokenizer"]["split"] == "all" and metrics["tokenizer"]["images"] == 16
+    assert metrics["showo"]["captions"]["images"] == 16 and set(metrics["showo"]["captions"]) >= {"bleu4", "cider"}
     assert "tokenizer on the folder's own images (it has no held-out split)" in capsys.readouterr().out

@@ -161,7 +161,7 @@ def test_evaluate_showo_scores_perfect_answers_and_images_as_1_and_wrong_ones_lo
     monkeypatch.setattr(evaluate, "answer", oracle)
     result = evaluate.evaluate_showo(str(showo_run), "shapes", limit=30, prompts=5, device="cpu")
     assert all(v == 1.0 for v in result["geneval"].values()), result["geneval"]
-    assert result["vqa"] == result["pope"] == result["caption_exact"] == 1.0
+    assert result["vqa"] == result["pope"] == result["caption_exact"] == result["captions"]["bleu4"] == 1.0
     # the oracle draws exactly the objects each prompt asks for, and the scorer reads them all back
     assert result["geneval_objects"] == result["geneval_objects_asked"]
     assert result["geneval_objects_asked"]["single_object"] == 1 and result["geneval_objects_asked"]["two_object"] == 2
