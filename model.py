@@ -277,12 +277,10 @@ class TextConv(nn.Module):
 # The joint objective (section 3.3)
 
 def mask_image_tokens(ids, task, space, generator=None):
-    """MTP corruption of a padded batch. In the image of a text-to-image row: draw t ~ U(0, 1) and mask
-    round(N cos(pi/2 t)) of its N tokens (at least one), chosen uniformly: the first ones of a random
-    permutation. The cosine schedule masks 64% of an image on average and trains every ratio the
-    sampler will meet, from a blank canvas (t -> 0) to one token left (t -> 1). An interleaved row
-    (a story) learns one of its images, drawn uniformly, with every image before it whole, as the
-    sampler draws image k after the whole images 1..k-1 (images after it are not seen by it).
+    """MTP corruption of a padded batch. In every image of a text-to-image or interleaved row: draw
+    t ~ U(0, 1) and mask round(N cos(pi/2 t)) of its N tokens (at least one), chosen uniformly: the
+    first ones of a random permutation. The cosine schedule masks 64% of an image on average and
+    trains every ratio the sampler will meet, from a blank canvas (t -> 0) to one token left (t -> 1).
     Understanding rows keep their images: there the image is the input, not the target.
     ids (B, L), task (B,) on the CPU -> (input ids with [MASK] at the chosen positions, bool (B, L) of them)."""
     masked = torch.zeros_like(ids, dtype=torch.bool)
@@ -290,8 +288,7 @@ def mask_image_tokens(ids, task, space, generator=None):
     for b in range(len(ids)):
         if TASKS[task[b]] not in ("t2i", "interleaved"):
             continue
-        images = int(span[b].max())
-        for k in [int(torch.randint(1, images + 1, (), generator=generator))] if TASKS[task[b]] == "interleaved" else [1]:
+        for k in range(1, int(span[b].max()) + 1):
             slots = ((span[b] == k) & space.is_image_code(ids[b])).nonzero()[:, 0]  # (N,) its codes, not [SOI]/[EOI]
             t = torch.rand((), generator=generator)
             n = max(1, round(len(slots) * math.cos(math.pi / 2 * float(t))))

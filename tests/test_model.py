@@ -173,19 +173,13 @@ def batch(rows, seed=0):
 
 def test_mask_image_tokens_masks_only_generated_images_and_at_least_one_token():
     img = torch.arange(16)
-    story = SPACE.interleaved([[1], img, [2], img, [3], img])  # three images: codes at 5..20, 26..41, 47..62
-    rows = [SPACE.t2i([1], img), SPACE.mmu(img, [], [2, 3]), SPACE.lm([4, 5]), story]
-    learned = []
-    for seed in range(60):
+    rows = [SPACE.t2i([1], img), SPACE.mmu(img, [], [2, 3]), SPACE.lm([4, 5]), SPACE.interleaved([[1], img, [2], img])]
+    for seed in range(20):
         ids, inputs, masked, labels, _, task = batch(rows, seed)
         assert (inputs[masked] == SPACE.mask).all() and torch.equal(inputs[~masked], ids[~masked])  # the model sees [MASK]
         assert masked[0].sum() >= 1 and not masked[1].any() and not masked[2].any()
+        assert masked[3, :21].sum() >= 1 and masked[3, 21:].sum() >= 1  # each image of a row on its own
         assert SPACE.is_image_code(ids[masked]).all()                      # never [SOI]/[EOI]/text
-        # a story learns one image, every image before it whole: as the sampler draws image k after 1..k-1
-        per_image = [int(masked[3, a:b].sum()) for a, b in ((3, 21), (24, 42), (45, 63))]
-        assert sum(n > 0 for n in per_image) == 1 and sum(per_image) == int(masked[3].sum())
-        learned.append(next(k for k, n in enumerate(per_image) if n))
-    assert sorted(set(learned)) == [0, 1, 2] and min(map(learned.count, (0, 1, 2))) >= 10  # each image as often
 
 
 def test_mask_ratio_follows_the_cosine_schedule():
