@@ -5,7 +5,7 @@ inside the pipeline's last step). The last printed line is always one JSON objec
     python -m evaluation tokenizer --ckpt out/shapes/tokenizer.pt --dataset shapes
     python -m evaluation tokenizer --ckpt out/cifar10/tokenizer.pt --dataset cifar10 --data-dir ../shared/data
     python -m evaluation showo --ckpt out/shapes/stage3 --dataset shapes
-    python -m evaluation judge --data-dir ../shared/data          # the CIFAR-10 judge (about 4 min once)
+    python -m evaluation judge --data-dir ../shared/data          # the CIFAR-10 judge (about 2 min once)
 
 `tokenizer` encodes and decodes every image of the evaluation split and reports:
 - psnr: mean per-image PSNR (dB) between the uint8 originals and the uint8 reconstructions;
@@ -29,15 +29,16 @@ inside the pipeline's last step). The last printed line is always one JSON objec
   the objects a change left alone kept (stories.png).
 - cifar10: classification by asking "what is this?" of every test image (the question stage 3
   trains on; accuracy of the answer against the class name), and --prompts class-conditional
-  samples per class judged by the judge (evaluation/judge.py) (judge.*: its accuracy on them, the Frechet distance
-  of their features to the test images', and both figures for the tokenizer's reconstructions and
-  for training images); samples.png has a row per class.
+  samples per class judged by the judge (evaluation/judge.py; judge.*: its accuracy on them, the
+  Frechet distance of their features to the reference half of the test split's, and both figures for
+  the tokenizer's reconstructions of that half and for training images); samples.png: a row per class.
 - coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
 
-`judge` (evaluation/judge.py) trains an independent CIFAR-10 classifier on the training batches it finds (never the test
-split; cached by a digest of its data) and reports its test accuracy and the Frechet distance of
-training images to test images in its feature space: the floor any generator's samples are
-measured against (our own yardstick, as FID's Inception weights cannot be downloaded offline).
+`judge` (evaluation/judge.py) trains an independent CIFAR-10 classifier on the first half of the test
+split (images Show-o never reads; cached by a digest of its data) and reports its accuracy on the
+second half and the Frechet distance of training images, which it never saw, to that half in its
+feature space: the floor any generator's samples are measured against (our own yardstick, as
+FID's Inception weights cannot be downloaded offline).
 """
 import argparse
 import json
@@ -57,8 +58,8 @@ from data.cifar10 import CIFAR_QUESTION, class_captions
 from data.shapes import PREFIXES, caption, parse_caption, prompt_text, prompts_for_category
 from evaluation.captions import bleu4, cider_d, tokenize
 from data.stories import STORIES, make_stories
-from evaluation.judge import (JUDGE_CACHE, accuracy, batched, evaluate_judge, frechet_distance, judge_outputs,
-                              load_or_train_judge)
+from evaluation.judge import (JUDGE_CACHE, JUDGE_TRAINED_ON, REFERENCE, accuracy, batched, evaluate_judge,
+                              frechet_distance, judge_outputs, load_or_train_judge, split_test)
 from evaluation.shapes_scorer import detect, score
 from model import generate_images, generate_text, pick_device
 from sample import GUIDANCE, STORY_GUIDANCE, Pipeline, generate_story, labelled_grid, steps_strip, story_sheet
@@ -235,12 +236,13 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     return result
 
 
-def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
-    """CIFAR-10: classification by asking the trained question on every held-out image, then
+def evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds):
+    """CIFAR-10: classification by asking the trained question on every held-out image (ds), then
     cfg["prompts"] class-conditional samples per class judged by the independent classifier (the
-    judge, trained on train_ds): its accuracy on them and the Frechet distance of their features to
-    the test images', beside the same two figures for the tokenizer's reconstructions of the test
-    images (what a perfect Show-o on this tokenizer would reach) and for training images (the floor)."""
+    judge, trained on the first half of the full test split test_ds): its accuracy on them and the
+    Frechet distance of their features to the other half's (the reference, which the judge never
+    saw), beside the same two figures for the tokenizer's reconstructions of the reference images
+    (what a perfect Show-o on this tokenizer would reach) and for Show-o's training images (the floor)."""
     codes = pipe.encode_images(ds.images)
     # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
@@ -256,18 +258,19 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds):
         shown = [c * n + i for c in range(len(ds.class_names)) for i in range(min(n, 10))]
         labelled_grid(images[shown], [prompts[i] for i in shown], per_row=min(n, 10)).save(
             os.path.join(out_dir, "samples.png"))
-    judge = load_or_train_judge(train_ds, JUDGE_CACHE, pipe.device)
-    labels = torch.as_tensor(ds.labels)
-    test_features, test_predicted = judge_outputs(judge, ds.images)
+    judge_ds, reference = split_test(test_ds)
+    judge = load_or_train_judge(judge_ds, JUDGE_CACHE, pipe.device)
+    labels = torch.as_tensor(reference.labels)
+    test_features, test_predicted = judge_outputs(judge, reference.images)
     sample_features, sample_predicted = judge_outputs(judge, images)
-    recon = np.concatenate([pipe.decode_codes(c) for c in batched(codes, cfg["batch"])])  # (N, H, W, 3)
-    recon_features, recon_predicted = judge_outputs(judge, recon)
+    recon = np.concatenate([pipe.decode_codes(c) for c in batched(pipe.encode_images(reference.images), cfg["batch"])])
+    recon_features, recon_predicted = judge_outputs(judge, recon)                # (N, H, W, 3) -> features
     # every set compared to the test images holds as many images as the samples: the estimate's
     # bias depends on that number, so only equal sizes compare
     m = len(images)
     train_features, _ = judge_outputs(judge, train_ds.images[:m])
     distance = lambda features: round(frechet_distance(features[:m], test_features), 4)         # noqa: E731
-    result["judge"] = dict(test_accuracy=accuracy(test_predicted, labels),
+    result["judge"] = dict(trained_on=JUDGE_TRAINED_ON, reference=REFERENCE, test_accuracy=accuracy(test_predicted, labels),
                            sample_accuracy=accuracy(sample_predicted, wanted), samples_per_class=n,
                            reconstruction_accuracy=accuracy(recon_predicted, labels),
                            frechet=distance(sample_features), frechet_reconstructions=distance(recon_features),
@@ -372,8 +375,8 @@ def evaluate_showo(ckpt, dataset=None, data_dir=None, split=None, limit=None, de
     elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
         if ds.split == "train":
             raise ValueError("the CIFAR-10 judge is trained on the training split: evaluate on test")
-        train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
-        result = evaluate_classes(pipe, ds, cfg, generator, out_dir, train_ds)
+        test_ds, train_ds = (data.load(dataset, split, data_dir, pipe.image_size) for split in ("test", "train"))
+        result = evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds)
     else:
         result = evaluate_captions(pipe, ds, cfg, generator, out_dir)
     result.update(dataset=dataset, split=ds.split, images=len(ds), steps=steps, guidance=guidance,
@@ -513,7 +516,7 @@ def main(argv=None):
     tok.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     jd = sub.add_parser("judge", help="train (or load) the CIFAR-10 judge; its test accuracy and Frechet floor")
     jd.add_argument("--data-dir", required=True, help="the folder holding cifar-10-batches-py/")
-    jd.add_argument("--limit", type=int, default=None, help="train on at most this many images")
+    jd.add_argument("--limit", type=int, default=None, help="train on at most this many images of its half")
     jd.add_argument("--cache-dir", default=JUDGE_CACHE, help="where trained judges are kept")
     jd.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sh = sub.add_parser("showo", help="GenEval-style table, VQA, POPE and captioning of a Show-o checkpoint")

@@ -9,6 +9,7 @@ printed beside references measured in the same feature space.
 import hashlib
 import os
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -83,9 +84,24 @@ def train_judge(images, labels, n_classes, device, epochs=JUDGE_EPOCHS, seed=0, 
     return judge.eval()
 
 
+# The judge must never have seen the images it is compared with, nor the images Show-o trained on (a
+# sample that reproduces a training image would be judged by a classifier that fitted it): it trains
+# on a fixed half of the test split, which Show-o never reads, and every figure is measured on the other.
+JUDGE_TRAINED_ON = "the first half of the CIFAR-10 test split, which Show-o never reads"
+REFERENCE = "the second half of the CIFAR-10 test split, which neither the judge nor Show-o saw"
+
+
+def split_test(test_ds):
+    """The full test split -> (the judge's training half, the reference half every figure is measured on)."""
+    half = len(test_ds) // 2
+    part = lambda s: replace(test_ds, images=test_ds.images[s], captions=test_ds.captions[s],  # noqa: E731
+                             labels=test_ds.labels[s])
+    return part(slice(0, half)), part(slice(half, None))
+
+
 def load_or_train_judge(ds, cache_dir, device):
-    """The judge of a training set, cached under cache_dir by a digest of its images and labels
-    (another --limit or other batches get another judge). The test split is never seen."""
+    """The judge of a set of labelled images, cached under cache_dir by a digest of its images and
+    labels (other images get another judge)."""
     digest = hashlib.sha256(ds.images.tobytes() + ds.labels.tobytes()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"judge-{ds.name}-{len(ds)}-{JUDGE_EPOCHS}-{digest}.pt")
     os.makedirs(cache_dir, exist_ok=True)  # an unwritable folder fails now, not after the training
@@ -134,19 +150,22 @@ def frechet_distance(a, b):
 
 
 def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
-    """`python -m evaluation judge`: the judge of the CIFAR-10 training batches found (cached in out/judges/:
-    the data folder may be read-only), its accuracy on the whole test split, and the Frechet floor,
-    training images against test images in its feature space (what a perfect generator would score)."""
+    """`python -m evaluation judge`: the judge of the test split's first half (at most `limit` of it;
+    cached in out/judges/: the data folder may be read-only), its accuracy on the second half, and the
+    Frechet floor: training images, which the judge never saw, against the second half in its
+    feature space (what a perfect generator would score)."""
     device = pick_device(device)
-    train_ds, test_ds = data.load("cifar10", "train", data_dir, limit=limit), data.load("cifar10", "test", data_dir)
+    judge_ds, reference = split_test(data.load("cifar10", "test", data_dir))
+    judge_ds = replace(judge_ds, images=judge_ds.images[:limit], labels=judge_ds.labels[:limit])
+    train_ds = data.load("cifar10", "train", data_dir, limit=len(reference))
     t0 = time.time()
-    judge = load_or_train_judge(train_ds, cache_dir, device)
+    judge = load_or_train_judge(judge_ds, cache_dir, device)
     seconds = time.time() - t0
-    test_features, predicted = judge_outputs(judge, test_ds.images)
+    reference_features, predicted = judge_outputs(judge, reference.images)
     train_features, _ = judge_outputs(judge, train_ds.images)
-    return dict(test_accuracy=accuracy(predicted, torch.as_tensor(test_ds.labels)),
-                frechet_train_vs_test=round(frechet_distance(train_features, test_features), 3),
-                train_images=len(train_ds), test_images=len(test_ds), epochs=JUDGE_EPOCHS,
-                train_or_load_seconds=round(seconds, 1))
+    return dict(test_accuracy=accuracy(predicted, torch.as_tensor(reference.labels)),
+                frechet_train_vs_test=round(frechet_distance(train_features, reference_features), 3),
+                trained_on=JUDGE_TRAINED_ON, train_images=len(judge_ds), reference=REFERENCE,
+                test_images=len(reference), epochs=JUDGE_EPOCHS, train_or_load_seconds=round(seconds, 1))
 
 
