@@ -280,15 +280,15 @@ def resume_state(cfg, path, ckpt, optimizer):
 
 
 def load_splits(cfg, image_size, n_eval):
-    """(training data, held-out data, what the held-out figures are of): the test split (COCO: val), at
-    most n_eval of it. A folder has no held-out split: say so rather than pretend."""
+    """(training data, held-out data, what its figures are of): at most n_eval of the val split (CIFAR-10:
+    of the test batch's first half, the judge's). A folder has no held-out split: say so, not pretend."""
     train_ds = data.load(cfg.dataset, "train", cfg.data_dir, image_size, cfg.limit, cfg.seed)  # shapes: seed = world
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"{len(train_ds)} training images is fewer than one batch ({cfg.batch_size}): "
                          "use more images (--limit) or a smaller --batch-size")
     if cfg.dataset == "folder":
         return train_ds, train_ds, "training-set (a folder has no held-out split)"
-    eval_ds = data.load(cfg.dataset, "val" if cfg.dataset == "coco" else "test", cfg.data_dir, image_size, n_eval,
+    eval_ds = data.load(cfg.dataset, "test" if cfg.dataset == "cifar10" else "val", cfg.data_dir, image_size, n_eval,
                         cfg.seed)
     return train_ds, eval_ds, f"held-out {eval_ds.split}"
 

@@ -48,8 +48,9 @@ informative caption for text-to-image training (capped at 2 objects to keep capt
 Question/answer pairs (qa_pairs), per image: one colour, shape, count ("zero".."four") and position
 ("top left", or a yes/no relation) question and two existence questions, one "yes" and one "no"
 (POPE-style balance). Objects are named so that exactly one fits ("the red circle", "the object in
-the top left"). Dataset (make_dataset): 3 captions per image from different categories; train and
-test use separate seeds and disjoint tenths of the world (by a hash of the scene), so test is held out.
+the top left"). Dataset (make_dataset): 3 captions per image from different categories; train, val
+and test use separate seeds and disjoint parts of the world (by a hash of the scene): a tenth is held
+out, half of it for validation (where settings are chosen), half for test (every reported figure).
 
 Scorer: evaluation/shapes_scorer.py reads a scene back from pixels (detect) and judges a generated image
 against a caption or a scene (score).
@@ -88,9 +89,9 @@ PREFIXES = ("a photo of", "a picture of", "an image of")
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr",
               "description")
 QTYPES = ("color", "shape", "count", "position", "exist")
-DEFAULT_N = {"train": 20000, "test": 1000}
+DEFAULT_N = {"train": 20000, "val": 1000, "test": 1000}
 CAPTIONS_PER_IMAGE = 3              # each from a different category
-TEST_BUCKETS = 10                   # a scene belongs to the test split iff hash(scene) % 10 == 0
+TEST_BUCKETS = 10                   # a scene is held out iff hash(scene) % 10 == 0 (val or test by the next bit)
 
 @dataclass(frozen=True)
 class Obj:
@@ -374,9 +375,10 @@ def _random_prompt(category, rng):
     raise ValueError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES)}")
 
 
-def prompts_for_category(category, n, seed=0):
-    """A fixed, seeded list of n prompts of one category, for GenEval-style evaluation."""
-    rng = random.Random(f"shapes-prompts/{category}/{seed}")
+def prompts_for_category(category, n, split="test"):
+    """A fixed list of n prompts of one category, for GenEval-style evaluation: val and test draw from
+    their own seeds (the first four categories have only 12-72 prompts, so both ask most of them)."""
+    rng = random.Random(f"shapes-prompts/{category}/{split}")
     return [prompt_text(_random_prompt(category, rng), rng) for _ in range(n)]
 
 
@@ -443,31 +445,31 @@ def qa_pairs(scene, rng):
 # Dataset
 
 
-def _in_test_split(scene):
-    """Split by a hash of the exact scene (with centres), so no test image ever appears in train even
-    though the world is small (a one-object scene is one of only 144)."""
+def held_out_part(scene):
+    """"train", "val" or "test": split by a hash of the exact scene (with centres), so no held-out image
+    ever appears in train though the world is small (a one-object scene is one of only 144). A tenth
+    is held out, hash % 10 == 0, split in two by hash % 20: training data never depends on the halves."""
     exact = tuple((o.shape, o.colour, o.size, o.cx, o.cy) for o in scene.objects)
-    return zlib.crc32(repr(exact).encode()) % TEST_BUCKETS == 0
+    bucket = zlib.crc32(repr(exact).encode()) % (2 * TEST_BUCKETS)
+    return "test" if bucket == 0 else "val" if bucket == TEST_BUCKETS else "train"
 
 
 def make_dataset(split="train", n=None, image_size=IMAGE_SIZE, seed=0):
-    """n scenes (default 20000 train / 1000 test) with images, 3 captions from different categories,
-    QA pairs. Train and test use different seed streams and disjoint parts of the world (by hash), so
-    test images are held out. "val" is an alias of "test"."""
-    if split not in ("train", "test", "val"):
-        raise ValueError(f"unknown split {split!r} for shapes; choose train, test or val (= test)")
+    """n scenes (default 20000 train / 1000 val / 1000 test) with images, 3 captions from different
+    categories, QA pairs. Each split has its own seed stream and part of the world (held_out_part)."""
+    if split not in DEFAULT_N:
+        raise ValueError(f"unknown split {split!r} for shapes; choose train, val or test")
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    part = "train" if split == "train" else "test"
-    n = DEFAULT_N[part] if n is None else n
+    n = DEFAULT_N[split] if n is None else n
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    rng = random.Random(f"shapes/{part}/{seed}")  # a string seed: the same world on every machine
+    rng = random.Random(f"shapes/{split}/{seed}")  # a string seed: the same world on every machine
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     scenes, captions, qa, categories = [], [], [], Counter()
     while len(scenes) < n:
         scene = sample_scene(rng)
-        if _in_test_split(scene) != (part == "test"):  # rejection keeps the splits disjoint
+        if held_out_part(scene) != split:  # rejection keeps the splits disjoint
             continue
         images[len(scenes)] = render(scene)
         usable = _usable_categories(scene)
@@ -479,7 +481,7 @@ def make_dataset(split="train", n=None, image_size=IMAGE_SIZE, seed=0):
         captions.append(texts)
         qa.append(qa_pairs(scene, rng))
     info = {"images": n, "image_size": image_size, "seed": seed, "captions_per_image": CAPTIONS_PER_IMAGE,
-            "held_out": f"1/{TEST_BUCKETS} of all scenes (by hash) is test-only",
+            "held_out": f"1/{TEST_BUCKETS} of all scenes (by hash), half val, half test",
             "objects_per_image": dict(sorted(Counter(len(s.objects) for s in scenes).items())),
             "caption_categories": dict(categories), "qa_types": dict(Counter(t for q in qa for _, _, t in q))}
     return ImageTextData("shapes", split, _resize_nearest(images, image_size), captions, scenes=scenes, qa=qa,

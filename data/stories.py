@@ -19,22 +19,22 @@ size, colour, shape and cell), so its first image is fixed by its first text. Ea
 Objects are named as the question/answer pairs name them (data.shapes._reference): by words that
 fit exactly one object of the scene before the change. So every scene of a story follows from its
 first caption and the changes before it, and an image generated for it can be judged against the
-true scene; objects a change does not touch must stay as they were. Held-out stories start from the
-world's held-out scenes (data.shapes._in_test_split), their later scenes may be any; every scene of
-a training story is outside them, so no held-out image (objects sit at their cells' centres, so a
-scene is one image) is ever trained on.
+true scene; objects a change does not touch must stay as they were. Validation and test stories
+start from the world's val or test scenes (data.shapes.held_out_part), their later scenes may be any;
+every scene of a training story is a training scene, so no held-out image (objects sit at their
+cells' centres, so a scene is one image) is ever trained on.
 """
 import random
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from data.shapes import (COLOURS, IMAGE_SIZE, SHAPES, SIZES, Phrase, Scene, _in_test_split, _location_text,
+from data.shapes import (COLOURS, IMAGE_SIZE, SHAPES, SIZES, Phrase, Scene, _location_text, held_out_part,
                          _make_obj, _phrase_text, _reference, _resize_nearest, caption, render)
 
 CHANGES = ("appear", "recolour", "disappear")
 MAX_CHANGES = 3
-STORIES = {"train": 10000, "test": 200}  # what training and evaluate.py stories draw from
+STORIES = {"train": 10000, "val": 200, "test": 200}  # what training and evaluate.py stories draw from
 NEIGHBOURS = {"below": (1, 0), "above": (-1, 0), "right of": (0, 1), "left of": (0, -1)}  # (d row, d col)
 
 
@@ -83,21 +83,21 @@ def change_scene(scene, rng, kind=None):
     return f"then the {name} disappears", in_cell_order([x for x in objects if x is not o])
 
 
-def make_story(rng, held_out=False, changes=None):
-    """One story from a random scene of 1-2 objects (from the held-out part of the world when
-    held_out) and `changes` changes (default: 1 to MAX_CHANGES). A training story's changes are drawn
-    again while they would lead into the held-out part."""
+def make_story(rng, split="train", changes=None):
+    """One story from a random scene of 1-2 objects of the split's part of the world and `changes`
+    changes (default: 1 to MAX_CHANGES). A training story's changes are drawn again while they would
+    lead into the held-out part."""
     changes = rng.randint(1, MAX_CHANGES) if changes is None else changes
     while True:
         cells = sorted(rng.sample(range(4), rng.randint(1, 2)))
         scene = Scene(tuple(_make_obj(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)),
                                       c // 2, c % 2) for c in cells))
-        if _in_test_split(scene) != held_out:  # rejection keeps the splits' first scenes disjoint
+        if held_out_part(scene) != split:  # rejection keeps the splits' first scenes disjoint
             continue
         texts, scenes = [caption(scene, rng, "description")[0]], [scene]
         for _ in range(changes * 50):  # a handful of draws each, nearly always
             text, after = change_scene(scenes[-1], rng)
-            if held_out or not _in_test_split(after):
+            if split != "train" or held_out_part(after) == "train":
                 texts.append(text)
                 scenes.append(after)
             if len(scenes) == changes + 1:
@@ -105,11 +105,11 @@ def make_story(rng, held_out=False, changes=None):
 
 
 def make_stories(split="train", n=1000, seed=0):
-    """n stories of one split ("test": from held-out first scenes), the same on every machine."""
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r} for stories; choose train or test")
+    """n stories of one split (train, val or test: by its first scene), the same on every machine."""
+    if split not in STORIES:
+        raise ValueError(f"unknown split {split!r} for stories; choose train, val or test")
     rng = random.Random(f"shapes-stories/{split}/{seed}")  # a string seed: the same stories everywhere
-    return [make_story(rng, held_out=split == "test") for _ in range(n)]
+    return [make_story(rng, split) for _ in range(n)]
 
 
 def story_images(stories, image_size=IMAGE_SIZE):

@@ -36,7 +36,7 @@ def task_rows(ds, text_tokenizer, image_tokenizer, cfg, training):
     mirrored = image_tokenizer.encode_images(ds.images[:, :, ::-1]) if training and cfg.mirror else None  # W flipped
     stories = None
     if cfg.story_frac > 0:
-        split = "train" if training else "test"
+        split = "train" if training else "val"  # the training log's held-out losses: validation data
         stories = make_stories(split, STORIES[split], seed=cfg.seed if training else 0)  # held out: the same everywhere
         stories = (stories, image_tokenizer.encode_images(story_images(stories, ds.images.shape[1])))
     return TaskRows(ds, codes, text_tokenizer, cfg.model, cfg.stage, mirrored, cfg.hide_codes if training else 0.0,

@@ -5,6 +5,7 @@ inside the pipeline's last step). The last printed line is always one JSON objec
     python -m evaluation tokenizer --ckpt out/shapes/tokenizer.pt --dataset shapes
     python -m evaluation tokenizer --ckpt out/cifar10/tokenizer.pt --dataset cifar10 --data-dir ../shared/data
     python -m evaluation showo --ckpt out/shapes/stage3 --dataset shapes
+    python -m evaluation showo --ckpt out/shapes/stage3 --split val --cfg 1   # choosing a setting
     python -m evaluation judge --data-dir ../shared/data          # the CIFAR-10 judge (about 2 min once)
 
 `tokenizer` encodes and decodes every image of the evaluation split and reports:
@@ -27,17 +28,24 @@ inside the pipeline's last step). The last printed line is always one JSON objec
   distinct scene of 1-2 objects, the scenes the grammar's full descriptions cover). Trained on
   stories (--story-frac): held-out stories drawn image by image, each image's scene accuracy and
   the objects a change left alone kept (stories.png).
-- cifar10: classification by asking "what is this?" of every test image (the question stage 3
-  trains on; accuracy of the answer against the class name), and --prompts class-conditional
-  samples per class judged by the judge (evaluation/judge.py; judge.*: its accuracy on them, the
-  Frechet distance of their features to the reference half of the test split's, and both figures for
-  the tokenizer's reconstructions of that half and for training images); samples.png: a row per class.
-- coco / folder: captions of held-out images (printed) and images for held-out captions (a grid).
+- cifar10: classification by asking "what is this?" of every image of the split's quarter of the
+  test batch (the question stage 3 trains on; accuracy of the answer against the class name), and
+  --prompts class-conditional samples per class judged by the judge (evaluation/judge.py; judge.*: its
+  accuracy on them, the Frechet distance of their features to that quarter's, and both figures for
+  the tokenizer's reconstructions of the quarter and for training images); samples.png: a row per class.
+- coco / folder: captions of held-out images (BLEU-4, CIDEr-D) and images for held-out captions (a grid).
+
+Validation and test (--split): a setting chosen by measuring (a guidance scale, the MaskGIT steps) is
+chosen on val; every reported figure is test. They are disjoint:
+the shapes world holds out a tenth of its scenes, half val, half test (data.shapes.held_out_part),
+and so its stories; its GenEval-style prompts come from a seed of each split; CIFAR-10 compares with a
+quarter of the test batch each (evaluation/judge.py); and val samples are drawn from other seeds
+(seed + VAL_SEED). COCO and folders have no validation split: no setting is chosen on them.
 
 `judge` (evaluation/judge.py) trains an independent CIFAR-10 classifier on the first half of the test
 split (images Show-o never reads; cached by a digest of its data) and reports its accuracy on the
-second half and the Frechet distance of training images, which it never saw, to that half in its
-feature space: the floor any generator's samples are measured against (our own yardstick, as
+last quarter (test) and the Frechet distance of training images, which it never saw, to that quarter
+in its feature space: the floor any generator's samples are measured against (our own yardstick, as
 FID's Inception weights cannot be downloaded offline).
 """
 import argparse
@@ -47,6 +55,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -78,14 +87,14 @@ def reconstruct(model, images, batch_size=256):
     return codes, np.concatenate(recon)
 
 
-def evaluate_tokenizer(ckpt_path, dataset=None, data_dir=None, split=None, limit=None, device="auto",
+def evaluate_tokenizer(ckpt_path, dataset=None, data_dir=None, split="test", limit=None, device="auto",
                        grid_path=None):
     """The image tokenizer on a whole held-out split (dataset: the one it was trained on unless given)
     -> dict of the metrics in the module docstring."""
     model, ckpt = load_image_tokenizer(ckpt_path)
     model.to(pick_device(device))
     dataset, data_dir = trained_on(ckpt, dataset, data_dir)
-    ds = data.load(dataset, split or held_out_split(dataset), data_dir, model.cfg.image_size, limit)
+    ds = data.load(dataset, split, data_dir, model.cfg.image_size, limit)
     t0 = time.time()
     codes, recon = reconstruct(model, ds.images)
     seconds = time.time() - t0
@@ -176,11 +185,12 @@ def describable_scenes(ds):
 
 
 def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
-    """The shapes world: generation (GenEval-style), then understanding (VQA, POPE, captions)."""
+    """The shapes world: generation (GenEval-style, the prompts of ds's split), then understanding (VQA,
+    POPE, captions) of ds's images."""
     result, examples = {"geneval": {}, "geneval_objects": {}, "geneval_objects_asked": {}}, []
     for category in GENEVAL_CATEGORIES:
-        # seed 0 always: every checkpoint is judged on the same prompts, whatever the sampling seed
-        prompts = prompts_for_category(category, cfg["prompts"], seed=0)
+        # every checkpoint is judged on the same prompts of a split, whatever the sampling seed
+        prompts = prompts_for_category(category, cfg["prompts"], ds.split)
         images = draw(pipe, prompts, cfg, generator)
         passed = [score(img, p) for img, p in zip(images, prompts)]
         result["geneval"][category] = round(sum(passed) / len(passed), 4)
@@ -236,13 +246,13 @@ def evaluate_shapes(pipe, ds, cfg, generator, out_dir):
     return result
 
 
-def evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds):
+def evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds):
     """CIFAR-10: classification by asking the trained question on every held-out image (ds), then
     cfg["prompts"] class-conditional samples per class judged by the independent classifier (the
-    judge, trained on the first half of the full test split test_ds): its accuracy on them and the
-    Frechet distance of their features to the other half's (the reference, which the judge never
-    saw), beside the same two figures for the tokenizer's reconstructions of the reference images
-    (what a perfect Show-o on this tokenizer would reach) and for Show-o's training images (the floor)."""
+    judge, trained on parts["judge"], the first half of the test batch): its accuracy on them and the
+    Frechet distance of their features to parts[split]'s (the reference, which the judge never saw),
+    beside the same two figures for the tokenizer's reconstructions of the reference images (what a
+    perfect Show-o on this tokenizer would reach) and for Show-o's training images (the floor)."""
     codes = pipe.encode_images(ds.images)
     # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
@@ -258,8 +268,8 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds):
         shown = [c * n + i for c in range(len(ds.class_names)) for i in range(min(n, 10))]
         labelled_grid(images[shown], [prompts[i] for i in shown], per_row=min(n, 10)).save(
             os.path.join(out_dir, "samples.png"))
-    judge_ds, reference = split_test(test_ds)
-    judge = load_or_train_judge(judge_ds, JUDGE_CACHE, pipe.device)
+    reference = parts[split]
+    judge = load_or_train_judge(parts["judge"], JUDGE_CACHE, pipe.device)
     labels = torch.as_tensor(reference.labels)
     test_features, test_predicted = judge_outputs(judge, reference.images)
     sample_features, sample_predicted = judge_outputs(judge, images)
@@ -270,7 +280,7 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds):
     m = len(images)
     train_features, _ = judge_outputs(judge, train_ds.images[:m])
     distance = lambda features: round(frechet_distance(features[:m], test_features), 4)         # noqa: E731
-    result["judge"] = dict(trained_on=JUDGE_TRAINED_ON, reference=REFERENCE, test_accuracy=accuracy(test_predicted, labels),
+    result["judge"] = dict(trained_on=JUDGE_TRAINED_ON, reference=REFERENCE[split], test_accuracy=accuracy(test_predicted, labels),
                            sample_accuracy=accuracy(sample_predicted, wanted), samples_per_class=n,
                            reconstruction_accuracy=accuracy(recon_predicted, labels),
                            frechet=distance(sample_features), frechet_reconstructions=distance(recon_features),
@@ -299,20 +309,20 @@ def story_scores(stories, found):
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, kept / max(seen, 1), seen
 
 
-def evaluate_stories(pipe, n, cfg, generator, out_dir):
-    """Mixed-modality generation on n held-out stories (data/stories.py): each image drawn (unguided)
-    after the true texts and the images drawn before it (sample.generate_story), read back by the
-    world's scorer (data.stories.story_scores); stories.png shows the first six."""
-    stories = make_stories("test", n)
+def evaluate_stories(pipe, n, split, cfg, generator, out_dir):
+    """Mixed-modality generation on n held-out stories of a split (data/stories.py): each image drawn
+    (at guidance cfg["story_guidance"]) after the true texts and the images drawn before it
+    (sample.generate_story), read back by the world's scorer (story_scores); stories.png shows six."""
+    stories = make_stories(split, n)
     codes = [c for chunk in batched(stories, cfg["batch"]) for c in generate_story(
-        pipe, [s.texts for s in chunk], generator, steps=cfg["steps"], guidance=STORY_GUIDANCE)]
+        pipe, [s.texts for s in chunk], generator, steps=cfg["steps"], guidance=cfg["story_guidance"])]
     images = [pipe.decode_codes(torch.stack(c)) for c in codes]                      # per story (k, H, W, 3)
     accuracy_at, kept, seen = story_scores(stories, [[detect(img) for img in drawn] for drawn in images])
     if out_dir:
         story_sheet(images[:6], [s.texts for s in stories[:6]]).save(os.path.join(out_dir, "stories.png"))
     print(f"stories: scene accuracy by image {accuracy_at}; unchanged objects kept {kept:.3f} (of {seen})")
     return dict(scene_accuracy={f"image {k}": round(v, 4) for k, v in accuracy_at.items()}, kept=round(kept, 4),
-                kept_of=seen, stories=n, guidance=STORY_GUIDANCE)
+                kept_of=seen, stories=n, guidance=cfg["story_guidance"])
 
 
 def caption_scores(captions, references):
@@ -340,11 +350,6 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir, most=1000):
     return {"captions": dict(scores, examples=[dict(generated=g, truth=t[0]) for g, t in zip(captions[:16], ds.captions)])}
 
 
-def held_out_split(dataset):
-    """The split every figure is measured on: test, or val for COCO (its test captions were never released)."""
-    return "val" if dataset == "coco" else "test"
-
-
 def trained_on(ckpt, dataset, data_dir):
     """The dataset (and its folder) to evaluate on: the one given, else the one the checkpoint trained on."""
     if dataset is None:
@@ -354,32 +359,45 @@ def trained_on(ckpt, dataset, data_dir):
     return dataset, data_dir
 
 
-def evaluate_showo(ckpt, dataset=None, data_dir=None, split=None, limit=None, device="auto", prompts=100,
-                   steps=12, guidance=GUIDANCE, batch=64, seed=0, out_dir=None, stories=None):
-    """A Show-o checkpoint with the tokenizers it was trained with, on held-out data of its dataset (or
-    `dataset`) -> dict of metrics (module docstring); samples.png in out_dir. The main job calls it after
-    stage 3. stories: held-out stories to draw (shapes; default: STORIES["test"] if it trained on them)."""
+# Validation samples are drawn from seed + VAL_SEED: never the test samples (CIFAR-10 prompts both with
+# the same ten captions)
+VAL_SEED = 1_000_000
+
+
+def evaluate_showo(ckpt, dataset=None, data_dir=None, split="test", limit=None, device="auto", prompts=100,
+                   steps=12, guidance=GUIDANCE, batch=64, seed=0, out_dir=None, stories=None,
+                   story_guidance=STORY_GUIDANCE):
+    """A Show-o checkpoint with the tokenizers it was trained with, on held-out data (split: val or test)
+    of its dataset (or `dataset`) -> dict of metrics (module docstring); samples.png in out_dir. The main
+    job calls it after stage 3. stories: held-out stories to draw (shapes; default: STORIES[split] if it
+    trained on them)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val (choosing settings) or test (reported figures), not {split!r}")
     pipe = Pipeline(ckpt, device)
     pipe.model.eval()
     dataset, data_dir = trained_on(pipe.ckpt, dataset, data_dir)
-    ds = data.load(dataset, split or held_out_split(dataset), data_dir, pipe.image_size, limit)
-    generator = torch.Generator().manual_seed(seed)
-    cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch)
+    if dataset in ("coco", "folder") and split == "val":
+        raise ValueError(f"{dataset} has no validation split (no setting is chosen on it): evaluate on test")
+    # CIFAR-10's split is a quarter of its test batch (evaluation/judge.py); COCO's test reads val2017
+    ds = data.load(dataset, "test" if dataset == "cifar10" else split, data_dir, pipe.image_size,
+                   None if dataset == "cifar10" else limit)
+    generator = torch.Generator().manual_seed(seed + (VAL_SEED if split == "val" else 0))
+    cfg = dict(prompts=prompts, steps=steps, guidance=guidance, batch=batch, story_guidance=story_guidance)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     if dataset == "shapes":
         result = evaluate_shapes(pipe, ds, cfg, generator, out_dir)
         if stories or (stories is None and pipe.trained_on_stories):
-            result["stories"] = evaluate_stories(pipe, stories or STORIES["test"], cfg, generator, out_dir)
-    elif dataset == "cifar10":  # the judge learns from the training batches, never from ds
-        if ds.split == "train":
-            raise ValueError("the CIFAR-10 judge is trained on the training split: evaluate on test")
-        test_ds, train_ds = (data.load(dataset, split, data_dir, pipe.image_size) for split in ("test", "train"))
-        result = evaluate_classes(pipe, ds, cfg, generator, out_dir, test_ds, train_ds)
+            result["stories"] = evaluate_stories(pipe, stories or STORIES[split], split, cfg, generator, out_dir)
+    elif dataset == "cifar10":
+        parts = split_test(ds)  # the judge's half, val's quarter, test's quarter
+        ds = replace(parts[split], images=parts[split].images[:limit], labels=parts[split].labels[:limit])
+        train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
+        result = evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds)
     else:
         result = evaluate_captions(pipe, ds, cfg, generator, out_dir)
-    result.update(dataset=dataset, split=ds.split, images=len(ds), steps=steps, guidance=guidance,
+    result.update(dataset=dataset, split=split, images=len(ds), steps=steps, guidance=guidance,
                   trained_steps=pipe.ckpt["step"], stage=pipe.ckpt["train_config"]["stage"],
                   seconds=round(time.time() - t0, 1))
     return result
@@ -442,7 +460,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     back, when it was measured on the same checkpoints, data and samples (delete it to measure again)."""
     measured_on = dict(tokenizer=os.path.getmtime(tokenizer_ckpt), showo=os.path.getmtime(showo_ckpt), dataset=dataset,
                        data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
-                       samples=SAMPLES_PER_PROMPT.get(dataset, 100))
+                       samples=SAMPLES_PER_PROMPT.get(dataset, 100), split="test")  # older files: no split
     metrics_path = os.path.join(run_dir, "metrics.json")
     try:
         with open(metrics_path) as f:
@@ -453,7 +471,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     except (OSError, ValueError):  # none yet, or unreadable: measure again
         pass
     t_eval = time.time()
-    metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, dataset, data_dir, split=held_out_split(dataset))}
+    metrics = {"tokenizer": evaluate_tokenizer(tokenizer_ckpt, dataset, data_dir)}
     metrics["showo"] = evaluate_showo(showo_ckpt, dataset, data_dir, prompts=measured_on["samples"], seed=seed,
                                       out_dir=run_dir)
     prompt = STRIP_PROMPTS.get(dataset) or metrics["showo"]["captions"]["examples"][0]["truth"]
@@ -510,7 +528,7 @@ def main(argv=None):
     tok.add_argument("--ckpt", required=True, help="tokenizer checkpoint (OUT/tokenizer.pt from train.py)")
     tok.add_argument("--dataset", choices=data.DATASETS, help="default: the one it was trained on")
     tok.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
-    tok.add_argument("--split", help="test (shapes, cifar10) or val (coco) by default")
+    tok.add_argument("--split", default="test", help="train, val or test (COCO's test reads val2017) [default test]")
     tok.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     tok.add_argument("--grid", default=None, help="also write a PNG of originals over reconstructions")
     tok.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -523,12 +541,14 @@ def main(argv=None):
     sh.add_argument("--ckpt", required=True, help="a Show-o run folder (holding showo.pt) or a showo.pt file")
     sh.add_argument("--dataset", choices=data.DATASETS, help="default: the one it was trained on")
     sh.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
-    sh.add_argument("--split", default=None, help="test (shapes, cifar10) or val (coco) by default")
+    sh.add_argument("--split", default="test", choices=("val", "test"),
+                    help="val: where settings are chosen; test: every reported figure [default test]")
     sh.add_argument("--limit", type=int, default=None, help="held-out images for VQA/POPE/captioning/classification")
     sh.add_argument("--prompts", type=int, default=100,
                     help="shapes: prompts per GenEval category; cifar10: samples per class")
     sh.add_argument("--steps", type=int, default=12, help="MaskGIT steps")
     sh.add_argument("--cfg", type=float, default=GUIDANCE, help="classifier-free guidance scale")
+    sh.add_argument("--story-cfg", type=float, default=STORY_GUIDANCE, help="the guidance scale of stories")
     sh.add_argument("--batch", type=int, default=64, help="rows per forward pass")
     sh.add_argument("--seed", type=int, default=0, help="sampling seed")
     sh.add_argument("--stories", type=int, help=f"shapes: held-out stories to draw (default {STORIES['test']} if it trained on them)")
@@ -545,10 +565,11 @@ def main(argv=None):
             result = evaluate_tokenizer(args.ckpt, args.dataset, args.data_dir, args.split, args.limit,
                                         args.device, args.grid)
         else:
-            if min(args.prompts, args.steps, args.batch) < 1 or args.cfg < 0 or (args.stories or 0) < 0:
-                parser.error("--prompts, --steps and --batch must be at least 1, --cfg and --stories >= 0")
+            if min(args.prompts, args.steps, args.batch) < 1 or min(args.cfg, args.story_cfg, args.stories or 0) < 0:
+                parser.error("--prompts, --steps and --batch must be at least 1, --cfg, --story-cfg and --stories >= 0")
             result = evaluate_showo(args.ckpt, args.dataset, args.data_dir, args.split, args.limit, args.device,
-                                    args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out, args.stories)
+                                    args.prompts, args.steps, args.cfg, args.batch, args.seed, args.out, args.stories,
+                                    args.story_cfg)
     except (OSError, ValueError) as e:  # a missing or foreign checkpoint, unreadable data
         sys.exit(f"error: {e}")
     for key, value in result.items():  # for a person

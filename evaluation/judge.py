@@ -86,17 +86,19 @@ def train_judge(images, labels, n_classes, device, epochs=JUDGE_EPOCHS, seed=0, 
 
 # The judge must never have seen the images it is compared with, nor the images Show-o trained on (a
 # sample that reproduces a training image would be judged by a classifier that fitted it): it trains
-# on a fixed half of the test split, which Show-o never reads, and every figure is measured on the other.
+# on a fixed half of the test split, which Show-o never reads. Figures are measured on the other half:
+# its first quarter (val) chooses settings such as the guidance scale, its second (test) is reported.
 JUDGE_TRAINED_ON = "the first half of the CIFAR-10 test split, which Show-o never reads"
-REFERENCE = "the second half of the CIFAR-10 test split, which neither the judge nor Show-o saw"
+REFERENCE = {"val": "the third quarter of the CIFAR-10 test split (val), which neither the judge nor Show-o saw",
+             "test": "the last quarter of the CIFAR-10 test split (test), which neither the judge nor Show-o saw"}
 
 
 def split_test(test_ds):
-    """The full test split -> (the judge's training half, the reference half every figure is measured on)."""
-    half = len(test_ds) // 2
+    """The full test split -> {"judge": its first half, "val": its third quarter, "test": its last}."""
+    n = len(test_ds)
     part = lambda s: replace(test_ds, images=test_ds.images[s], captions=test_ds.captions[s],  # noqa: E731
                              labels=test_ds.labels[s])
-    return part(slice(0, half)), part(slice(half, None))
+    return dict(judge=part(slice(0, n // 2)), val=part(slice(n // 2, 3 * n // 4)), test=part(slice(3 * n // 4, n)))
 
 
 def load_or_train_judge(ds, cache_dir, device):
@@ -151,11 +153,12 @@ def frechet_distance(a, b):
 
 def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
     """`python -m evaluation judge`: the judge of the test split's first half (at most `limit` of it;
-    cached in out/judges/: the data folder may be read-only), its accuracy on the second half, and the
-    Frechet floor: training images, which the judge never saw, against the second half in its
+    cached in out/judges/: the data folder may be read-only), its accuracy on the last quarter (test),
+    and the Frechet floor: training images, which the judge never saw, against that quarter in its
     feature space (what a perfect generator would score)."""
     device = pick_device(device)
-    judge_ds, reference = split_test(data.load("cifar10", "test", data_dir))
+    parts = split_test(data.load("cifar10", "test", data_dir))
+    judge_ds, reference = parts["judge"], parts["test"]
     judge_ds = replace(judge_ds, images=judge_ds.images[:limit], labels=judge_ds.labels[:limit])
     train_ds = data.load("cifar10", "train", data_dir, limit=len(reference))
     t0 = time.time()
@@ -165,7 +168,7 @@ def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
     train_features, _ = judge_outputs(judge, train_ds.images)
     return dict(test_accuracy=accuracy(predicted, torch.as_tensor(reference.labels)),
                 frechet_train_vs_test=round(frechet_distance(train_features, reference_features), 3),
-                trained_on=JUDGE_TRAINED_ON, train_images=len(judge_ds), reference=REFERENCE,
+                trained_on=JUDGE_TRAINED_ON, train_images=len(judge_ds), reference=REFERENCE["test"],
                 test_images=len(reference), epochs=JUDGE_EPOCHS, train_or_load_seconds=round(seconds, 1))
 
 

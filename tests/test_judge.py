@@ -81,7 +81,7 @@ def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypa
     monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
     real_train = judge_module.train_judge
     first = evaluate.main(argv)
-    assert first["train_images"] == first["test_images"] == 8  # the test split's two halves: judge, reference
+    assert first["train_images"] == 8 and first["test_images"] == 4  # the test batch's first half, last quarter
     assert first["trained_on"].startswith("the first half of the CIFAR-10 test split")
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == first
     monkeypatch.setattr(judge_module, "train_judge", lambda *a, **k: pytest.fail("trained again"))
@@ -94,18 +94,19 @@ def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypa
     assert trained == [4]
     monkeypatch.setattr(judge_module, "load_or_train_judge", lambda *a: OneClassJudge(3))
     known = evaluate.main(argv)  # a judge that calls everything class 3: its accuracy is class 3's share
-    assert known["test_accuracy"] == round(float((cifar_labels(8, first=24) == 3).mean()), 4)  # the reference half
+    assert known["test_accuracy"] == round(float((cifar_labels(4, first=28) == 3).mean()), 4)  # the last quarter
 
 
 def test_cifar10_evaluation_scores_known_answers_exactly(tmp_path, monkeypatch):
     """With the true class as every answer and a judge that calls every image an airplane, each figure
     has a known value: classification 1, samples 1/10 (equal numbers per class), reconstructions and
-    test images the share of airplanes in the reference half of the test split (the judge trains on
-    the other half: images Show-o never reads, never among those it is compared with)."""
+    test images the share of airplanes in the test batch's last quarter (the judge trains on its first
+    half: images Show-o never reads, never among those it is compared with); --split val compares
+    with the third quarter instead, and draws other samples."""
     import train
     from PIL import Image
     data_dir = tmp_path / "data"
-    write_cifar(data_dir, ["data_batch_1", "test_batch"], n=48)  # halves of 24 >= the 20 samples
+    write_cifar(data_dir, ["data_batch_1", "test_batch"], n=80)  # quarters of 20 = the 20 samples
     common = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--batch-size", "16", "--warmup-steps", "1",
               "--max-steps", "2", "--eval-every", "2", "--device", "cpu"]
     tok = train.main(["tokenizer"] + common + ["--image-size", "16", "--channels", "8,16", "--codebook-bits", "5",
@@ -116,19 +117,22 @@ def test_cifar10_evaluation_scores_known_answers_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "load_or_train_judge", lambda ds, *a: judge_seen.append(ds.labels.tolist())
                         or OneClassJudge(0))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    truth = [names[label] for label in cifar_labels(48, first=48)]
+    truth = [names[label] for label in cifar_labels(20, first=80 + 60)]  # the test quarter's classes
     monkeypatch.setattr(evaluate, "answer", lambda pipe, codes, questions, *a, **k: truth[:len(questions)])
     compared, real_distance = [], evaluate.frechet_distance
     monkeypatch.setattr(evaluate, "frechet_distance", lambda a, b: compared.append(len(a)) or real_distance(a, b))
     result = evaluate.evaluate_showo(ckpt, "cifar10", data_dir=str(data_dir), prompts=2, steps=2, batch=16,
                                      out_dir=str(tmp_path / "eval"))
     assert compared == [20, 20, 20]  # samples, reconstructions and training images: as many of each
-    assert judge_seen == [cifar_labels(24, first=48).tolist()]  # the test split's first half, nothing else
-    assert result["classification_accuracy"] == 1.0
-    judge, airplanes = result["judge"], round(float((cifar_labels(24, first=72) == 0).mean()), 4)
+    assert judge_seen == [cifar_labels(40, first=80).tolist()]  # the test batch's first half, nothing else
+    assert result["classification_accuracy"] == 1.0 and result["split"] == "test"
+    judge, airplanes = result["judge"], round(float((cifar_labels(20, first=80 + 60) == 0).mean()), 4)
     assert judge["samples_per_class"] == 2 and judge["sample_accuracy"] == 0.1
     assert judge["test_accuracy"] == judge["reconstruction_accuracy"] == airplanes
     # real training images lie far closer to the test images than an untrained model's samples
     assert 0 <= judge["frechet_training_images"] < judge["frechet"]
     grid = Image.open(tmp_path / "eval" / "samples.png")  # 16 px images drawn 4x: 64 px tiles
     assert grid.height >= 10 * 64 and grid.width < 3 * 64 + 20  # ten rows (the classes) of two samples
+    val = evaluate.evaluate_showo(ckpt, "cifar10", data_dir=str(data_dir), split="val", prompts=2, steps=2, batch=16)
+    assert val["judge"]["test_accuracy"] == round(float((cifar_labels(20, first=80 + 40) == 0).mean()), 4)
+    assert val["judge"]["frechet"] != judge["frechet"]  # other samples, compared with other images

@@ -49,7 +49,7 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
         figures = metrics["showo"]["judge"] if part == "judge" else metrics[part]
         assert all(isinstance(figures[key], (int, float)) for key in keys), (part, figures)
     assert metrics["tokenizer"]["images"] == 32  # the whole test split
-    assert metrics["showo"]["images"] == 32 and metrics["showo"]["stage"] == 3
+    assert metrics["showo"]["images"] == 8 and metrics["showo"]["stage"] == 3  # the last quarter: test
     for picture in ("samples.png", "steps.png", "losses.png"):
         assert Image.open(tmp_path / "run" / picture).width > 0
     # a second call trains nothing and, with the same checkpoints, evaluates nothing
@@ -97,3 +97,5 @@ def test_folder_pipeline_has_no_held_out_split_and_says_so(tiny_recipes, tmp_pat
     assert metrics["tokenizer"]["split"] == "all" and metrics["tokenizer"]["images"] == 16
     assert metrics["showo"]["captions"]["images"] == 16 and set(metrics["showo"]["captions"]) >= {"bleu4", "cider"}
     assert "tokenizer on the folder's own images (it has no held-out split)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no validation split"):  # nothing may be chosen on a folder's figures
+        evaluate.evaluate_showo(str(tmp_path / "run" / "stage3"), split="val")

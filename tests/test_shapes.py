@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data.shapes import (BACKGROUND, CATEGORIES, COLOURS, COLS, NUMBERS, QTYPES, ROWS, SHAPES, SIZES, Obj, Phrase,
-                         Prompt, Scene, _make_obj, caption, make_dataset, parse_caption, prompt_text,
+                         Prompt, Scene, _make_obj, caption, held_out_part, make_dataset, parse_caption, prompt_text,
                          prompts_for_category, qa_pairs, render, sample_scene, satisfies)
 from evaluation.shapes_scorer import detect, score
 
@@ -76,13 +76,15 @@ def test_same_seed_same_data_other_seed_other_data():
     assert not np.array_equal(a.images, c.images)
 
 
-def test_test_images_never_appear_in_train(train):
-    test = make_dataset("test")
-    assert len(train) == 20000 and len(test) == 1000
-    train_images = {image.tobytes() for image in train.images}
-    assert not any(image.tobytes() in train_images for image in test.images)
-    # repeats happen among one- and two-object scenes: the held-out tenth of the world has ~14 and ~780
-    assert len({image.tobytes() for image in test.images}) > 650
+def test_train_val_and_test_images_are_disjoint(train):
+    """Settings are chosen on val and figures reported on test: no image may be in two splits."""
+    val, test = make_dataset("val"), make_dataset("test")
+    assert len(train) == 20000 and len(val) == len(test) == 1000
+    seen = [{image.tobytes() for image in ds.images} for ds in (train, val, test)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert {held_out_part(s) for s in val.scenes} == {"val"} and {held_out_part(s) for s in test.scenes} == {"test"}
+    # repeats happen among one- and two-object scenes: each held-out twentieth of the world has ~7 and ~390
+    assert min(len(s) for s in seen[1:]) > 500
 
 
 def test_palette_colours_are_far_apart_and_from_the_background():
@@ -92,8 +94,7 @@ def test_palette_colours_are_far_apart_and_from_the_background():
 
 
 def test_split_names_sizes_and_container():
-    val, test = make_dataset("val", n=5), make_dataset("test", n=5)
-    assert np.array_equal(val.images, test.images) and val.split == "val"
+    assert make_dataset("val", n=5).split == "val"
     with pytest.raises(ValueError, match="split"):
         make_dataset("dev")
     with pytest.raises(ValueError):
@@ -151,7 +152,7 @@ def test_parse_caption_rejects_text_outside_the_grammar(text):
 def test_prompt_text_and_parse_caption_round_trip():
     rng = random.Random(0)
     for category in CATEGORIES:
-        for text in prompts_for_category(category, 50, seed=3):
+        for text in prompts_for_category(category, 50, "val"):
             prompt = parse_caption(text)
             assert parse_caption(prompt_text(prompt)) == prompt
             assert parse_caption(prompt_text(prompt, rng)) == prompt   # any wording means the same
@@ -344,9 +345,9 @@ def test_qa_pairs_is_deterministic():
 def test_prompts_for_category_are_fixed_and_satisfiable():
     rng = random.Random(0)
     for category in CATEGORIES:
-        prompts = prompts_for_category(category, 100, seed=0)
-        assert prompts == prompts_for_category(category, 100, seed=0)
-        assert prompts != prompts_for_category(category, 100, seed=1)
+        prompts = prompts_for_category(category, 100)
+        assert prompts == prompts_for_category(category, 100, "test")
+        assert prompts != prompts_for_category(category, 100, "val")  # validation prompts: another draw
         for text in prompts:
             prompt = parse_caption(text)
             assert sum(p.count or 1 for p in prompt.phrases) <= 4

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from data.shapes import _in_test_split, _LOCATIONS, _parse_phrase, parse_caption
+from data.shapes import _LOCATIONS, _parse_phrase, held_out_part, parse_caption
 from data.stories import MAX_CHANGES, NEIGHBOURS, change_scene, make_stories
 
 
@@ -51,9 +51,10 @@ def test_every_scene_of_a_story_follows_from_its_words():
 
 
 def test_held_out_stories_start_from_held_out_scenes_and_every_split_is_reproducible():
-    test, train = make_stories("test", 50), make_stories("train", 50)
-    assert all(_in_test_split(s.scenes[0]) for s in test)
-    assert not any(_in_test_split(scene) for s in train for scene in s.scenes)  # no held-out image is trained on
+    val, test, train = make_stories("val", 50), make_stories("test", 50), make_stories("train", 50)
+    assert all(held_out_part(s.scenes[0]) == "test" for s in test)
+    assert all(held_out_part(s.scenes[0]) == "val" for s in val)  # validation stories never start as test's
+    assert all(held_out_part(scene) == "train" for s in train for scene in s.scenes)  # no held-out image is trained on
     assert make_stories("test", 50) == test and make_stories("test", 50, seed=1) != test
 
 
