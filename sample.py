@@ -34,7 +34,7 @@ TASKS = ("t2i", "caption", "vqa", "inpaint", "extrapolate", "lm", "story")
 GUIDANCE = 2.0  # classifier-free guidance s of every image task but stories (the evaluation's too)
 # Stories are drawn without guidance: their texts pin every object down, and guidance, which raises in
 # every cell what the text makes likely, adds objects (validation stories after the story runs, two
-# seeds: unchanged objects kept 0.85 / 0.88 at s = 0, 0.77 / 0.86 at s = 1; docs/results.md)
+# seeds: unchanged objects kept 0.84 / 0.85 at s = 0, 0.77 / 0.86 at s = 1; docs/results.md)
 STORY_GUIDANCE = 0.0
 
 

@@ -281,7 +281,7 @@ def resume_state(cfg, path, ckpt, optimizer):
 
 def load_splits(cfg, image_size, n_eval):
     """(training data, held-out data, what its figures are of): at most n_eval of the val split (CIFAR-10:
-    of the test batch's first half, the judge's). A folder has no held-out split: say so, not pretend."""
+    the test batch's first n_eval, the judge's half by default). A folder has none: say so, not pretend."""
     train_ds = data.load(cfg.dataset, "train", cfg.data_dir, image_size, cfg.limit, cfg.seed)  # shapes: seed = world
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"{len(train_ds)} training images is fewer than one batch ({cfg.batch_size}): "

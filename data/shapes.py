@@ -378,6 +378,8 @@ def _random_prompt(category, rng):
 def prompts_for_category(category, n, split="test"):
     """A fixed list of n prompts of one category, for GenEval-style evaluation: val and test draw from
     their own seeds (the first four categories have only 12-72 prompts, so both ask most of them)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"GenEval-style prompts are for val or test, not {split!r}")
     rng = random.Random(f"shapes-prompts/{category}/{split}")
     return [prompt_text(_random_prompt(category, rng), rng) for _ in range(n)]
 

@@ -20,7 +20,7 @@ Objects are named as the question/answer pairs name them (data.shapes._reference
 fit exactly one object of the scene before the change. So every scene of a story follows from its
 first caption and the changes before it, and an image generated for it can be judged against the
 true scene; objects a change does not touch must stay as they were. Validation and test stories
-start from the world's val or test scenes (data.shapes.held_out_part), their later scenes may be any;
+start from the world's val or test scenes (data.shapes.held_out_part) and never enter the other's;
 every scene of a training story is a training scene, so no held-out image (objects sit at their
 cells' centres, so a scene is one image) is ever trained on.
 """
@@ -97,7 +97,7 @@ def make_story(rng, split="train", changes=None):
         texts, scenes = [caption(scene, rng, "description")[0]], [scene]
         for _ in range(changes * 50):  # a handful of draws each, nearly always
             text, after = change_scene(scenes[-1], rng)
-            if split != "train" or held_out_part(after) == "train":
+            if held_out_part(after) in (split, "train"):  # never into another split's part
                 texts.append(text)
                 scenes.append(after)
             if len(scenes) == changes + 1:

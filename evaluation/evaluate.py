@@ -162,7 +162,7 @@ def caption_scene(text):
     return tuple(sorted((p.shape, p.colour, p.size, p.row, p.col) for p in prompt.phrases))
 
 
-# The shapes world is small (a tenth of its 144 one-object scenes is held out), so test images repeat:
+# The shapes world is small (a twentieth of its 144 one-object scenes is each split's), so images repeat:
 # each distinct (scene, question) is asked once, and each distinct scene is captioned once.
 def distinct_questions(ds):
     """-> [(image index, question, answer, question type)], one per distinct (scene, question). An
@@ -253,6 +253,10 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds):
     Frechet distance of their features to parts[split]'s (the reference, which the judge never saw),
     beside the same two figures for the tokenizer's reconstructions of the reference images (what a
     perfect Show-o on this tokenizer would reach) and for Show-o's training images (the floor)."""
+    reference = parts[split]
+    if len(ds.class_names) * cfg["prompts"] > len(reference):  # the Frechet distances compare equal numbers
+        raise ValueError(f"{len(ds.class_names) * cfg['prompts']} samples outnumber the {len(reference)} "
+                         "reference images: use fewer --prompts")
     codes = pipe.encode_images(ds.images)
     # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
@@ -268,7 +272,6 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds):
         shown = [c * n + i for c in range(len(ds.class_names)) for i in range(min(n, 10))]
         labelled_grid(images[shown], [prompts[i] for i in shown], per_row=min(n, 10)).save(
             os.path.join(out_dir, "samples.png"))
-    reference = parts[split]
     judge = load_or_train_judge(parts["judge"], JUDGE_CACHE, pipe.device)
     labels = torch.as_tensor(reference.labels)
     test_features, test_predicted = judge_outputs(judge, reference.images)
@@ -392,7 +395,8 @@ def evaluate_showo(ckpt, dataset=None, data_dir=None, split="test", limit=None, 
             result["stories"] = evaluate_stories(pipe, stories or STORIES[split], split, cfg, generator, out_dir)
     elif dataset == "cifar10":
         parts = split_test(ds)  # the judge's half, val's quarter, test's quarter
-        ds = replace(parts[split], images=parts[split].images[:limit], labels=parts[split].labels[:limit])
+        part = parts[split]
+        ds = replace(part, images=part.images[:limit], labels=part.labels[:limit], captions=part.captions[:limit])
         train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
         result = evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds)
     else:
@@ -528,7 +532,8 @@ def main(argv=None):
     tok.add_argument("--ckpt", required=True, help="tokenizer checkpoint (OUT/tokenizer.pt from train.py)")
     tok.add_argument("--dataset", choices=data.DATASETS, help="default: the one it was trained on")
     tok.add_argument("--data-dir", default=None, help="data folder for cifar10/coco/folder")
-    tok.add_argument("--split", default="test", help="train, val or test (COCO's test reads val2017) [default test]")
+    tok.add_argument("--split", default="test", help="shapes: train, val or test; CIFAR-10: train or test; COCO: "
+                     "train or val (test reads val); a folder: all its images [default test]")
     tok.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     tok.add_argument("--grid", default=None, help="also write a PNG of originals over reconstructions")
     tok.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data.dataset import ImageTextData
 from evaluation import evaluate, judge as judge_module
-from evaluation.judge import frechet_distance, judge_outputs, train_judge
+from evaluation.judge import frechet_distance, judge_outputs, split_test, train_judge
 from test_datasets import write_cifar
 
 
@@ -73,6 +74,14 @@ def test_frechet_distance_matches_the_formula_for_unrelated_covariances():
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca) + np.trace(cb) - 2 * cross
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)  # symmetric
+
+
+def test_the_test_batch_splits_into_the_judges_half_a_validation_and_a_test_quarter():
+    ds = ImageTextData("cifar10", "test", np.zeros((8, 2, 2, 3), np.uint8), [[str(i)] for i in range(8)],
+                       labels=np.arange(8), class_names=[str(i) for i in range(8)])
+    parts = split_test(ds)
+    assert {k: v.labels.tolist() for k, v in parts.items()} == {"judge": [0, 1, 2, 3], "val": [4, 5], "test": [6, 7]}
+    assert [c for p in parts.values() for c in p.captions] == ds.captions  # captions follow their images
 
 
 def test_evaluate_judge_trains_once_then_loads_from_its_cache(tmp_path, monkeypatch, capsys):

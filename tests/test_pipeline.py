@@ -40,7 +40,7 @@ def tiny_recipes(monkeypatch, tmp_path):
 
 
 def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_done(tiny_recipes, tmp_path, monkeypatch):
-    write_cifar(tmp_path / "data", ["data_batch_1", "test_batch"], n=32)
+    write_cifar(tmp_path / "data", ["data_batch_1", "test_batch"], n=80)  # a quarter of 20 = the 20 samples
     argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--preset", "cpu", "--out", str(tmp_path / "run")]
     metrics = train.main(argv)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -48,8 +48,8 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
     for part, keys in README_KEYS.items():
         figures = metrics["showo"]["judge"] if part == "judge" else metrics[part]
         assert all(isinstance(figures[key], (int, float)) for key in keys), (part, figures)
-    assert metrics["tokenizer"]["images"] == 32  # the whole test split
-    assert metrics["showo"]["images"] == 8 and metrics["showo"]["stage"] == 3  # the last quarter: test
+    assert metrics["tokenizer"]["images"] == 80  # the whole test split
+    assert metrics["showo"]["images"] == 20 and metrics["showo"]["stage"] == 3  # the last quarter: test
     for picture in ("samples.png", "steps.png", "losses.png"):
         assert Image.open(tmp_path / "run" / picture).width > 0
     # a second call trains nothing and, with the same checkpoints, evaluates nothing

@@ -246,14 +246,16 @@ def test_each_image_of_a_story_is_drawn_after_every_text_and_image_before_it(sho
     assert codes[0][2][0] == 30 and codes[2][1][0] == 21  # each story gets its own row of every call
 
 
-def test_evaluate_showo_draws_held_out_stories_for_a_checkpoint_trained_on_them(story_run, tmp_path, monkeypatch):
-    """A scorer that reads back every true scene: each image's scene accuracy and "kept" are then 1."""
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluate_showo_draws_held_out_stories_for_a_checkpoint_trained_on_them(story_run, tmp_path, monkeypatch, split):
+    """A scorer that reads back every true scene of the split's stories: each image's scene accuracy and
+    "kept" are then 1 (the other split's stories would not score 1)."""
     from data.stories import make_stories
-    monkeypatch.setattr(evaluate, "STORIES", {"test": 3})  # the default number of stories, made small
+    monkeypatch.setattr(evaluate, "STORIES", {split: 3})  # the default number of stories, made small
     monkeypatch.setattr(evaluate, "evaluate_shapes", lambda *a: {})  # the stories alone
-    truth = iter([scene for story in make_stories("test", 3) for scene in story.scenes])
+    truth = iter([scene for story in make_stories(split, 3) for scene in story.scenes])
     monkeypatch.setattr(evaluate, "detect", lambda image: next(truth))  # story by story, image by image
-    result = evaluate.evaluate_showo(str(story_run), "shapes", limit=8, prompts=1, steps=2, device="cpu",
+    result = evaluate.evaluate_showo(str(story_run), "shapes", split=split, limit=8, prompts=1, steps=2, device="cpu",
                                      out_dir=str(tmp_path))
     stories = result["stories"]
     assert stories["stories"] == 3 and set(stories["scene_accuracy"]) <= {f"image {k}" for k in range(1, 5)}

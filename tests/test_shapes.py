@@ -354,3 +354,5 @@ def test_prompts_for_category_are_fixed_and_satisfiable():
             assert satisfies(scene_for_prompt(prompt, rng), prompt)
     with pytest.raises(ValueError, match="unknown category"):
         prompts_for_category("style", 3)
+    with pytest.raises(ValueError, match="val or test"):
+        prompts_for_category("counting", 3, "train")

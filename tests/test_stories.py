@@ -54,6 +54,8 @@ def test_held_out_stories_start_from_held_out_scenes_and_every_split_is_reproduc
     val, test, train = make_stories("val", 50), make_stories("test", 50), make_stories("train", 50)
     assert all(held_out_part(s.scenes[0]) == "test" for s in test)
     assert all(held_out_part(s.scenes[0]) == "val" for s in val)  # validation stories never start as test's
+    assert all(held_out_part(scene) in ("val", "train") for s in val for scene in s.scenes)  # nor enter them
+    assert all(held_out_part(scene) in ("test", "train") for s in test for scene in s.scenes)
     assert all(held_out_part(scene) == "train" for s in train for scene in s.scenes)  # no held-out image is trained on
     assert make_stories("test", 50) == test and make_stories("test", 50, seed=1) != test
 
