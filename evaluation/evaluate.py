@@ -55,7 +55,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -68,7 +67,7 @@ from data.shapes import PREFIXES, caption, parse_caption, prompt_text, prompts_f
 from evaluation.captions import bleu4, cider_d, tokenize
 from data.stories import STORIES, make_stories
 from evaluation.judge import (JUDGE_CACHE, JUDGE_TRAINED_ON, REFERENCE, accuracy, batched, evaluate_judge,
-                              frechet_distance, judge_outputs, load_or_train_judge, split_test)
+                              frechet_distance, judge_outputs, load_or_train_judge, split_test, subset)
 from evaluation.shapes_scorer import detect, score
 from model import generate_images, generate_text, pick_device
 from sample import GUIDANCE, STORY_GUIDANCE, Pipeline, generate_story, labelled_grid, steps_strip, story_sheet
@@ -257,7 +256,8 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds):
     if len(ds.class_names) * cfg["prompts"] > len(reference):  # the Frechet distances compare equal numbers
         raise ValueError(f"{len(ds.class_names) * cfg['prompts']} samples outnumber the {len(reference)} "
                          "reference images: use fewer --prompts")
-    codes = pipe.encode_images(ds.images)
+    reference_codes = pipe.encode_images(reference.images)  # (N, h*w), once: ds is the reference's first images
+    codes = reference_codes[:len(ds)]
     # the question stage 3 trained on; an answer counts only when it is exactly the class name
     answers = answer(pipe, codes, [CIFAR_QUESTION] * len(ds), cfg["batch"], max_new_tokens=8)
     truth = [ds.class_names[label] for label in ds.labels]
@@ -276,7 +276,7 @@ def evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds):
     labels = torch.as_tensor(reference.labels)
     test_features, test_predicted = judge_outputs(judge, reference.images)
     sample_features, sample_predicted = judge_outputs(judge, images)
-    recon = np.concatenate([pipe.decode_codes(c) for c in batched(pipe.encode_images(reference.images), cfg["batch"])])
+    recon = np.concatenate([pipe.decode_codes(c) for c in batched(reference_codes, cfg["batch"])])
     recon_features, recon_predicted = judge_outputs(judge, recon)                # (N, H, W, 3) -> features
     # every set compared to the test images holds as many images as the samples: the estimate's
     # bias depends on that number, so only equal sizes compare
@@ -395,8 +395,7 @@ def evaluate_showo(ckpt, dataset=None, data_dir=None, split="test", limit=None, 
             result["stories"] = evaluate_stories(pipe, stories or STORIES[split], split, cfg, generator, out_dir)
     elif dataset == "cifar10":
         parts = split_test(ds)  # the judge's half, val's quarter, test's quarter
-        part = parts[split]
-        ds = replace(part, images=part.images[:limit], labels=part.labels[:limit], captions=part.captions[:limit])
+        ds = subset(parts[split], slice(limit))
         train_ds = data.load(dataset, "train", data_dir, pipe.image_size)
         result = evaluate_classes(pipe, ds, cfg, generator, out_dir, parts, split, train_ds)
     else:

@@ -93,12 +93,16 @@ REFERENCE = {"val": "the third quarter of the CIFAR-10 test split (val), which n
              "test": "the last quarter of the CIFAR-10 test split (test), which neither the judge nor Show-o saw"}
 
 
+def subset(ds, s):
+    """The images of a labelled dataset that the slice s picks, with their labels and captions."""
+    return replace(ds, images=ds.images[s], labels=ds.labels[s], captions=ds.captions[s])
+
+
 def split_test(test_ds):
     """The full test split -> {"judge": its first half, "val": its third quarter, "test": its last}."""
     n = len(test_ds)
-    part = lambda s: replace(test_ds, images=test_ds.images[s], captions=test_ds.captions[s],  # noqa: E731
-                             labels=test_ds.labels[s])
-    return dict(judge=part(slice(0, n // 2)), val=part(slice(n // 2, 3 * n // 4)), test=part(slice(3 * n // 4, n)))
+    return dict(judge=subset(test_ds, slice(0, n // 2)), val=subset(test_ds, slice(n // 2, 3 * n // 4)),
+                test=subset(test_ds, slice(3 * n // 4, n)))
 
 
 def load_or_train_judge(ds, cache_dir, device):
@@ -158,8 +162,7 @@ def evaluate_judge(data_dir, device="auto", limit=None, cache_dir=JUDGE_CACHE):
     feature space (what a perfect generator would score)."""
     device = pick_device(device)
     parts = split_test(data.load("cifar10", "test", data_dir))
-    judge_ds, reference = parts["judge"], parts["test"]
-    judge_ds = replace(judge_ds, images=judge_ds.images[:limit], labels=judge_ds.labels[:limit])
+    judge_ds, reference = subset(parts["judge"], slice(limit)), parts["test"]
     train_ds = data.load("cifar10", "train", data_dir, limit=len(reference))
     t0 = time.time()
     judge = load_or_train_judge(judge_ds, cache_dir, device)
