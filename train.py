@@ -162,7 +162,10 @@ STAGES = {1: dict(t2i_frac=0.5, caption_frac=0.4, vqa_frac=0.0, lm_frac=0.1),
           3: dict(t2i_frac=0.4, caption_frac=0.2, vqa_frac=0.4, lm_frac=0.0)}
 # The pipelines (`python train.py [--dataset D]`): steps per stage on a CPU (shapes: the main job)...
 PIPELINE_STEPS = {"shapes": {1: 1400, 2: 600, 3: 1400}, "cifar10": {1: 1200, 2: 200, 3: 800},
-                  "coco": {1: 200, 2: 100, 3: 200}, "folder": {1: 200, 2: 100, 3: 200}}  # coco-mini: 80 images
+                  "coco": {1: 200, 2: 100, 3: 200}, "folder": {1: 200, 2: 100, 3: 200}}
+# COCO / a folder: coco-mini's steps (80 images) x f for n training images, f = PASSES n / (Show-o's rows in all
+# three stages), in [1, cap]: the cap bounds the minutes (README; past it each image is read fewer times)
+PASSES, GROWTH_CAP = 15, {False: 2.4, True: 4.0}  # the cap by gpu: the CPU recipe's, --preset gpu's
 GPU = dict(compile=True, bf16=True)  # ... and on one GPU (--preset gpu, the default on CUDA): larger, longer
 GPU_PIPELINES = {"cifar10": dict(tokenizer=dict(GPU, channels=(128, 256), batch_size=256, max_steps=4000, eval_every=1000),
                                  showo=dict(GPU, n_layer=8, n_embd=512, n_head=8, batch_size=256),
@@ -421,15 +424,14 @@ def position_counts(groups, space):
 def held_out_losses(model, rows_of, cfg, device):
     """Per-task mean losses over fixed held-out rows (the same rows and masks at every evaluation)."""
     model.eval()
-    sums, counts = {}, dict.fromkeys(("t2i", "mmu", "lm"), 0)
-    for start in range(0, min(cfg.eval_rows, len(rows_of.codes)), cfg.batch_size):
-        items = list(range(start, min(start + cfg.batch_size, cfg.eval_rows, len(rows_of.codes))))
-        groups = build_batch(rows_of, items, cfg, *seeded(cfg.seed, "eval", start))
-        n = position_counts(groups, cfg.model.space)
-        for name, value in batch_loss(model, groups, dict.fromkeys(n, 1), cfg, device)[1].items():
-            sums[name], counts[name] = sums.get(name, 0.0) + float(value), counts[name] + n[name]
+    n = min(cfg.eval_rows, len(rows_of.codes))
+    groups = [group for start in range(0, n, cfg.batch_size)  # built a batch at a time, as in training
+              for group in build_batch(rows_of, list(range(start, min(start + cfg.batch_size, n))), cfg,
+                                       *seeded(cfg.seed, "eval", start))]
+    counts = position_counts(groups, cfg.model.space)
+    sums = batch_loss(model, groups, counts, cfg, device)[1]  # each term's sum over all its positions
     model.train()
-    return {name: round(value / counts[name], 4) for name, value in sums.items()}
+    return {name: round(float(value) / counts[name], 4) for name, value in sums.items()}
 
 
 def train_showo(cfg):
@@ -460,8 +462,8 @@ def train_showo(cfg):
     log_path = os.path.join(cfg.out, "log.jsonl")
     if rank == 0:  # keep exactly the log lines of the steps the checkpoint holds: later ones will be redone
         lines = open(log_path).read().splitlines() if resuming and os.path.exists(log_path) else []
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(line + "\n" for line in lines if logged_step(line) <= step)
+        with open(log_path + ".tmp", "w") as f:  # line k is step k + 1's, written before its checkpoint
+            f.writelines(line + "\n" for line in lines[:step])  # (a line cut short by a crash can only be the last)
         os.replace(log_path + ".tmp", log_path)
     space = cfg.model.space
     print(f"Show-o stage {cfg.stage}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocabulary {space.vocab_size} "
@@ -506,14 +508,6 @@ def train_showo(cfg):
     return path
 
 
-def logged_step(line):
-    """The step of one log line; a line cut short by a crash counts as not logged."""
-    try:
-        return json.loads(line)["step"]
-    except ValueError:
-        return math.inf
-
-
 # -----------------------------------------------------------------------------
 # The pipeline: `python train.py [--dataset D]`, one dataset's tokenizers, three stages and evaluation
 
@@ -527,18 +521,24 @@ def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, 
     gpu = (preset or ("gpu" if torch.cuda.is_available() else "cpu")) == "gpu" and dataset in GPU_PIPELINES
     if preset == "gpu" and not gpu:
         raise ValueError(f"there is no GPU preset for {dataset}; its CPU recipe runs as fast on a GPU")
-    if gpu and not torch.cuda.is_available():
-        print("warning: --preset gpu without CUDA: the GPU recipe's larger model runs on this machine's CPU")
     recipe = GPU_PIPELINES[dataset] if gpu else dict(tokenizer={}, showo={}, steps=PIPELINE_STEPS[dataset])
+    steps = dict(tokenizer={**TOKENIZER_PRESETS[dataset], **recipe["tokenizer"]}["max_steps"],
+                 **{f"stage{stage}": n for stage, n in recipe["steps"].items()})  # metrics.json's keys
+    if dataset in ("coco", "folder"):  # coco-mini's steps, grown with the data
+        n = len(data.load(dataset, "train", data_dir, limit=limit))
+        rows = {**SHOWO_PRESETS[dataset], **recipe["showo"]}.get("batch_size", 64) * sum(recipe["steps"].values())
+        grow = min(GROWTH_CAP[gpu], max(1.0, PASSES * n / rows))
+        steps = {part: round(grow * s) for part, s in steps.items()}
+        print(f"{n} training images: {grow:.2f} x coco-mini's steps (at most {GROWTH_CAP[gpu]}), {grow * rows / n:.1f} passes: {steps}")
     out = out or f"out/{dataset}" + (f"-seed{seed}" if seed else "")
     common = dict(dataset=dataset, data_dir=data_dir, seed=seed, limit=limit, device=device, resume=True)
     showo_options = {k: v for k, v in showo_options.items() if v is not None}  # None: the preset's
     showo = [make_config(ShowoTrainConfig, {**SHOWO_PRESETS[dataset], **STAGES[stage], **recipe["showo"],
-                                            **showo_options, **common, "stage": stage, "max_steps": steps,
+                                            **showo_options, **common, "stage": stage, "max_steps": steps[f"stage{stage}"],
                                             "out": os.path.join(out, f"stage{stage}")})
-             for stage, steps in recipe["steps"].items()]  # every stage's options checked before any training
+             for stage in STAGES]  # every stage's options checked before any training
     tokenizer = train_tokenizer(make_config(TokenizerTrainConfig, {**TOKENIZER_PRESETS[dataset], **recipe["tokenizer"],
-                                                                    **common, "out": out}))
+                                                                    **common, "out": out, "max_steps": steps["tokenizer"]}))
     minutes, init = dict(tokenizer=round((time.time() - t0) / 60, 2)), None
     for cfg in showo:
         init = train_showo(replace(cfg, tokenizer=tokenizer, init=init))
@@ -547,7 +547,7 @@ def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, 
         return None  # under torchrun the evaluation runs once, on rank 0
     from evaluation.evaluate import evaluate_pipeline, print_summary  # the evaluation: not on the training path
     metrics = evaluate_pipeline(tokenizer, init, [os.path.join(cfg.out, "log.jsonl") for cfg in showo], out,
-                                dataset, data_dir, seed, minutes, t0)
+                                dataset, data_dir, seed, minutes, t0, steps)
     print_summary(metrics, out)
     return metrics
 

@@ -332,7 +332,8 @@ def caption_scores(captions, references):
     """Greedy captions (N strings) against each image's references (N lists) -> BLEU-4 and CIDEr-D as
     the COCO caption evaluation computes them (evaluation/captions.py), on tokenized text."""
     hypotheses, refs = [tokenize(c) for c in captions], [[tokenize(r) for r in rs] for rs in references]
-    return dict(bleu4=round(bleu4(hypotheses, refs), 4), cider=round(cider_d(hypotheses, refs)[0], 4), images=len(captions))
+    return dict(bleu4=round(bleu4(hypotheses, refs), 4), cider=round(cider_d(hypotheses, refs)[0], 4), images=len(captions),
+                distinct=round(len(set(captions)) / len(captions), 4))  # 1 / N: the same caption for every image
 
 
 def evaluate_captions(pipe, ds, cfg, generator, out_dir, most=1000):
@@ -344,7 +345,8 @@ def evaluate_captions(pipe, ds, cfg, generator, out_dir, most=1000):
     scores = caption_scores(captions, ds.captions[:n])
     for truth, got in list(zip(ds.captions, captions))[:16]:
         print(f"caption: {got!r}  (one truth: {truth[0]!r})")
-    print(f"captions of {n} held-out images: BLEU-4 {scores['bleu4']:.4f}, CIDEr-D {scores['cider']:.4f}")
+    print(f"captions of {n} held-out images: BLEU-4 {scores['bleu4']:.4f}, CIDEr-D {scores['cider']:.4f}, "
+          f"{scores['distinct']:.3f} of them distinct")
     prompts = [caps[0] for caps in ds.captions[:16]]  # the same images' captions: real and drawn side by side
     images = draw(pipe, prompts, cfg, generator)
     if out_dir:
@@ -455,11 +457,12 @@ def plot_losses(log_paths, path, width=640, height=320):
     img.save(path)
 
 
-def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir, seed, minutes, t0):
+def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_dir, seed, minutes, t0, steps):
     """The tokenizer and the final Show-o checkpoint on the held-out split (a folder: its own images),
     then the pictures: samples.png (by evaluate_showo), steps.png (one decoding, step by step) and
-    losses.png (every stage's losses); all figures, with the call's wall-clock minutes (minutes: the
-    training parts', t0: when the call began), go to run_dir/metrics.json. Skipped, and that file read
+    losses.png (every stage's losses); all figures, with the steps each part took and the call's
+    wall-clock minutes (minutes: the training parts', t0: when the call began), go to
+    run_dir/metrics.json. Skipped, and that file read
     back, when it was measured on the same checkpoints, data and samples (delete it to measure again)."""
     measured_on = dict(tokenizer=os.path.getmtime(tokenizer_ckpt), showo=os.path.getmtime(showo_ckpt), dataset=dataset,
                        data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
@@ -468,7 +471,8 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     try:
         with open(metrics_path) as f:
             measured = json.load(f)
-        if isinstance(measured, dict) and measured.get("measured_on") == measured_on:
+        # (a file from before the steps and captions' distinct share were kept is measured again)
+        if isinstance(measured, dict) and measured.get("measured_on") == measured_on and "steps" in measured:
             print(f"evaluation: done ({metrics_path} measured these checkpoints)")
             return measured
     except (OSError, ValueError):  # none yet, or unreadable: measure again
@@ -486,7 +490,7 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     # wall-clock minutes of this call: a part skipped because it was finished costs (nearly) nothing
     metrics["minutes"] = dict(**minutes, evaluation=round((time.time() - t_eval) / 60, 2),
                               training=round(sum(minutes.values()), 2), total=round((time.time() - t0) / 60, 2))
-    metrics["measured_on"] = measured_on
+    metrics["steps"], metrics["measured_on"] = steps, measured_on
     with open(f"{metrics_path}.tmp", "w") as f:  # then a rename: never a half-written metrics.json
         json.dump(metrics, f, indent=1)
     os.replace(f"{metrics_path}.tmp", metrics_path)
@@ -516,9 +520,10 @@ def print_summary(metrics, run_dir):
               f"{j['frechet_reconstructions']:.4f}, training images {j['frechet_training_images']:.4f}")
     if "captions" in showo:
         print(f"captions: BLEU-4 {showo['captions']['bleu4']:.4f}, CIDEr-D {showo['captions']['cider']:.4f} "
-              f"({showo['captions']['images']} held-out images)")
+              f"({showo['captions']['images']} held-out images, {showo['captions']['distinct']:.3f} of the captions distinct)")
     for c in showo.get("captions", {}).get("examples", [])[:3]:  # a few for a person to read
         print(f"caption: {c['generated']!r} (one truth: {c['truth']!r})")
+    print("steps: " + ", ".join(f"{part} {n}" for part, n in metrics["steps"].items()))
     print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["minutes"].items()))
     print(f"-> {run_dir}/: samples.png, steps.png, losses.png, metrics.json")
 

@@ -303,3 +303,14 @@ def test_load_dispatches_with_size_and_limit(tmp_path):
     for name, split in [("cifar10", "test"), ("coco", "train"), ("folder", "all")]:
         ds = load(name, split=split, data_dir=tmp_path / name, image_size=8, limit=1)
         assert (ds.name, ds.split, ds.images.shape) == (name, split, (1, 8, 8, 3))
+
+
+def test_export_writes_scenes_that_the_coco_and_folder_readers_read_back_exactly(tmp_path):
+    """tools/export.py: the larger captioned sets the COCO / folder recipes are measured on."""
+    from tools import export
+    train, held_out = load("shapes", "train", limit=6), load("shapes", "test", limit=4)
+    export.write_coco(train, held_out, tmp_path / "coco")
+    export.write_folder(train, tmp_path / "folder")
+    for got, want in [(load_coco(tmp_path / "coco", "train"), train), (load_coco(tmp_path / "coco", "test"), held_out),
+                      (load_folder(tmp_path / "folder"), train)]:
+        assert np.array_equal(got.images, want.images) and got.captions == want.captions  # pixels and all 3 captions

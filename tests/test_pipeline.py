@@ -7,8 +7,10 @@ import json
 import pytest
 from PIL import Image
 
+import data
 import train
 from evaluation import evaluate, judge
+from tools import export
 from test_datasets import SHARED, needs_coco, write_cifar
 
 # what a tiny run changes in the CIFAR-10 presets: 16 px images, a 1-layer model, 2 steps per part
@@ -81,21 +83,23 @@ def test_coco_pipeline_captions_held_out_images_and_draws_held_out_captions(tiny
         assert Image.open(tmp_path / "run" / picture).width > 0
 
 
-def test_folder_pipeline_has_no_held_out_split_and_says_so(tiny_recipes, tmp_path, capsys):
-    import numpy as np
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(16):  # 16 noisy squares, red or blue, each with its caption
-        colour = "red" if i % 2 else "blue"
-        pixels = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
-        pixels[..., 0 if colour == "red" else 2] += 180
-        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
-        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a {colour} square"}))
-    (tmp_path / "captions.jsonl").write_text("\n".join(lines))
-    metrics = train.main(["--dataset", "folder", "--data-dir", str(tmp_path), "--preset", "cpu",
-                          "--out", str(tmp_path / "run")])
-    assert metrics["tokenizer"]["split"] == "all" and metrics["tokenizer"]["images"] == 16
-    assert metrics["showo"]["captions"]["images"] == 16 and set(metrics["showo"]["captions"]) >= {"bleu4", "cider"}
-    assert "tokenizer on the folder's own images (it has no held-out split)" in capsys.readouterr().out
+def test_folder_pipeline_sizes_its_steps_from_its_data_and_has_no_held_out_split(tiny_recipes, tmp_path, capsys,
+                                                                                  monkeypatch):
+    export.write_folder(data.load("shapes", limit=48), tmp_path)  # 48 scenes, 3 captions each
+    argv = ["--dataset", "folder", "--data-dir", str(tmp_path), "--preset", "cpu"]
+    # coco-mini's steps (tiny here: tokenizer 2, stages 2 + 1 + 2 of 16 rows) grow x f = PASSES n / rows in all;
+    # with 5 passes: 24 images -> f = 5 * 24 / 80 = 1.5; 48 images -> 3, past the CPU cap (2.4)
+    monkeypatch.setattr(train, "PASSES", 5)
+    for limit, steps in ((24, [3, 3, 2, 3]), (48, [5, 5, 2, 5])):
+        metrics = train.main(argv + ["--limit", str(limit), "--out", str(tmp_path / f"run{limit}")])
+        assert list(metrics["steps"].values()) == steps and list(metrics["steps"]) == ["tokenizer", "stage1", "stage2", "stage3"]
+        logged = [json.loads(line) for line in (tmp_path / f"run{limit}" / "stage3" / "log.jsonl").read_text().splitlines()]
+        tokenizer_logged = (tmp_path / f"run{limit}" / "tokenizer_log.jsonl").read_text().splitlines()
+        assert (json.loads(tokenizer_logged[-1])["step"], logged[-1]["step"]) == (steps[0], steps[-1])  # as it says
+    assert metrics["tokenizer"]["split"] == "all" and metrics["tokenizer"]["images"] == 48
+    assert metrics["showo"]["captions"]["images"] == 48 and set(metrics["showo"]["captions"]) >= {"bleu4", "cider", "distinct"}
+    out = capsys.readouterr().out
+    assert "48 training images: 2.40 x coco-mini's steps" in out
+    assert "tokenizer on the folder's own images (it has no held-out split)" in out
     with pytest.raises(ValueError, match="no validation split"):  # nothing may be chosen on a folder's figures
-        evaluate.evaluate_showo(str(tmp_path / "run" / "stage3"), split="val")
+        evaluate.evaluate_showo(str(tmp_path / "run48" / "stage3"), split="val")
