@@ -414,6 +414,7 @@ def evaluate_showo(ckpt, dataset=None, data_dir=None, split="test", limit=None, 
 # The prompt whose MaskGIT decoding steps.png shows; COCO and folders take their first evaluated caption
 STRIP_PROMPTS = {"shapes": "a red circle above a blue square", "cifar10": class_captions("horse")[0]}
 SAMPLES_PER_PROMPT = {"shapes": 100, "cifar10": 50}  # GenEval-style prompts per category / samples per class
+EVALUATION_VERSION = 2  # raised when the evaluation measures something new: an older metrics.json is measured again
 
 
 def plot_losses(log_paths, path, width=640, height=320):
@@ -463,16 +464,15 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     losses.png (every stage's losses); all figures, with the steps each part took and the call's
     wall-clock minutes (minutes: the training parts', t0: when the call began), go to
     run_dir/metrics.json. Skipped, and that file read
-    back, when it was measured on the same checkpoints, data and samples (delete it to measure again)."""
+    back, when it was measured on the same checkpoints, data, samples and EVALUATION_VERSION (delete it to measure again)."""
     measured_on = dict(tokenizer=os.path.getmtime(tokenizer_ckpt), showo=os.path.getmtime(showo_ckpt), dataset=dataset,
                        data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
-                       samples=SAMPLES_PER_PROMPT.get(dataset, 100), split="test")  # older files: no split
+                       samples=SAMPLES_PER_PROMPT.get(dataset, 100), version=EVALUATION_VERSION)
     metrics_path = os.path.join(run_dir, "metrics.json")
     try:
         with open(metrics_path) as f:
             measured = json.load(f)
-        # (a file from before the steps and captions' distinct share were kept is measured again)
-        if isinstance(measured, dict) and measured.get("measured_on") == measured_on and "steps" in measured:
+        if isinstance(measured, dict) and measured.get("measured_on") == measured_on:
             print(f"evaluation: done ({metrics_path} measured these checkpoints)")
             return measured
     except (OSError, ValueError):  # none yet, or unreadable: measure again

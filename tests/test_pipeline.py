@@ -60,13 +60,16 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
     monkeypatch.setattr(evaluate, "evaluate_showo", lambda *a, **k: pytest.fail("evaluated again"))
     assert train.main(argv) == metrics
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.pt")} == written
-    # a damaged metrics.json is measured again, with the same figures
-    (tmp_path / "run" / "metrics.json").write_text("{")
+    # a damaged metrics.json, or one an older evaluation wrote, is measured again, with the same figures
     monkeypatch.setattr(evaluate, "evaluate_showo", real_evaluate)
-    again = train.main(argv)
-    assert again["measured_on"] == metrics["measured_on"] and again["showo"]["judge"] == metrics["showo"]["judge"]
-    assert (again["tokenizer"]["psnr"], again["tokenizer"]["usage"]) == (metrics["tokenizer"]["psnr"], metrics["tokenizer"]["usage"])
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == again
+    assert metrics["measured_on"]["version"] == evaluate.EVALUATION_VERSION
+    older = dict(metrics, measured_on=dict(metrics["measured_on"], version=evaluate.EVALUATION_VERSION - 1))
+    for stale in ("{", json.dumps(older)):
+        (tmp_path / "run" / "metrics.json").write_text(stale)
+        again = train.main(argv)
+        assert again["measured_on"] == metrics["measured_on"] and again["showo"]["judge"] == metrics["showo"]["judge"]
+        assert (again["tokenizer"]["psnr"], again["tokenizer"]["usage"]) == (metrics["tokenizer"]["psnr"], metrics["tokenizer"]["usage"])
+        assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == again
 
 
 @needs_coco
