@@ -107,7 +107,7 @@ class TokenizerTrainConfig(RunConfig):
 @dataclass
 class ShowoTrainConfig(RunConfig):
     model: ShowoConfig = field(default_factory=ShowoConfig)
-    tokenizer: str = option(None, "image tokenizer checkpoint, text.tiktoken beside it (default: OUT/../tokenizer.pt)")
+    tokenizer: str = option(None, "image tokenizer checkpoint, text.tiktoken beside it (default: INIT/../../ or OUT/../tokenizer.pt)")
     mirror: bool = option(False, "training rows also show the image mirrored left to right (its own codes)")
     hide_codes: float = option(0.0, "understanding rows hide a share u ~ U(0, this) of their image codes behind [MASK]")
     eval_rows: int = option(256, "held-out rows for the periodic held-out losses")
@@ -436,7 +436,7 @@ def held_out_losses(model, rows_of, cfg, device):
 
 def train_showo(cfg):
     """`train.py showo`: one stage of Show-o (section 3.4) on the tokenized dataset. -> the checkpoint's path."""
-    cfg.tokenizer = cfg.tokenizer or os.path.join(os.path.dirname(os.path.normpath(cfg.out)), "tokenizer.pt")
+    cfg.tokenizer = cfg.tokenizer or os.path.normpath(os.path.join(cfg.init or os.path.join(cfg.out, "showo.pt"), "../../tokenizer.pt"))
     rank, world, device, path = start(cfg, "showo.pt")
     text_tok, image_tok, tokenizers = showo_tokenizers(cfg)
     train_ds, eval_ds, held_out = load_splits(cfg, image_tok.cfg.image_size, cfg.eval_rows)

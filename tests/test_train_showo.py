@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_train_showo.py"""
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,14 +53,19 @@ def test_training_writes_checkpoint_and_log(tokenizer, tmp_path):
     assert model.cfg.codebook_size == 32 and model.cfg.image_tokens == 16
 
 
-def test_stages_chain_through_init(tokenizer, tmp_path):
-    showo(tokenizer, tmp_path / "s1", "--max-steps", "2", "--eval-every", "2")
+def test_stages_chain_through_init_and_find_their_runs_tokenizer(tokenizer, tmp_path):
+    run = tmp_path / "run"  # a pipeline's layout: RUN/tokenizer.pt, text.tiktoken beside it, RUN/stageN/showo.pt
+    run.mkdir()
+    for name in ("tokenizer.pt", "text.tiktoken"):
+        shutil.copy(tokenizer.parent / name, run / name)
+    # no --tokenizer: stage 1 takes OUT/../tokenizer.pt; stage 3, written elsewhere, the one of its --init's run.
     # --lr 0: the stage-3 weights stay what --init loaded, so they must equal stage 1's
-    showo(tokenizer, tmp_path / "s3", "--stage", "3", "--init", str(tmp_path / "s1" / "showo.pt"),
-          "--max-steps", "2", "--eval-every", "2", "--lr", "0")
+    train.main(["showo"] + TINY_SHOWO + ["--out", str(run / "stage1"), "--max-steps", "2", "--eval-every", "2"])
+    train.main(["showo"] + TINY_SHOWO + ["--out", str(tmp_path / "s3"), "--stage", "3", "--init", str(run / "stage1" / "showo.pt"),
+                                         "--max-steps", "2", "--eval-every", "2", "--lr", "0"])
     log = read_log(tmp_path / "s3")
     assert "mmu" in log[0] and "lm" not in log[0]  # stage 3: QA + captions + generation, no LM rows
-    s1, _ = load_showo(tmp_path / "s1" / "showo.pt")
+    s1, _ = load_showo(run / "stage1" / "showo.pt")
     s3, ckpt = load_showo(tmp_path / "s3" / "showo.pt")
     assert ckpt["train_config"]["vqa_frac"] > 0 and ckpt["step"] == 2
     for (name, a), b in zip(s1.state_dict().items(), s3.state_dict().values()):
