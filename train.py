@@ -107,7 +107,7 @@ class TokenizerTrainConfig(RunConfig):
 @dataclass
 class ShowoTrainConfig(RunConfig):
     model: ShowoConfig = field(default_factory=ShowoConfig)
-    tokenizer: str = option(None, "image tokenizer checkpoint, text.tiktoken beside it (default: INIT/../../ or OUT/../tokenizer.pt)")
+    tokenizer: str = option(None, "image tokenizer, text.tiktoken beside it (default: INIT/../../tokenizer.pt, else OUT/../tokenizer.pt)")
     mirror: bool = option(False, "training rows also show the image mirrored left to right (its own codes)")
     hide_codes: float = option(0.0, "understanding rows hide a share u ~ U(0, this) of their image codes behind [MASK]")
     eval_rows: int = option(256, "held-out rows for the periodic held-out losses")

@@ -63,7 +63,8 @@ def test_cifar10_pipeline_writes_every_figure_and_picture_then_skips_what_is_don
     # a damaged metrics.json, or one an older evaluation wrote, is measured again, with the same figures
     monkeypatch.setattr(evaluate, "evaluate_showo", real_evaluate)
     assert metrics["measured_on"]["version"] == evaluate.EVALUATION_VERSION
-    older = dict(metrics, measured_on=dict(metrics["measured_on"], version=evaluate.EVALUATION_VERSION - 1))
+    older = dict(metrics, tokenizer=dict(metrics["tokenizer"], psnr=-1.0),  # a figure that must not come back
+                 measured_on=dict(metrics["measured_on"], version=evaluate.EVALUATION_VERSION - 1))
     for stale in ("{", json.dumps(older)):
         (tmp_path / "run" / "metrics.json").write_text(stale)
         again = train.main(argv)
