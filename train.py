@@ -526,7 +526,7 @@ def run_pipeline(dataset="shapes", data_dir=None, seed=0, limit=None, out=None, 
                  **{f"stage{stage}": n for stage, n in recipe["steps"].items()})  # metrics.json's keys
     if dataset in ("coco", "folder"):  # coco-mini's steps, grown with the data
         n = len(data.load(dataset, "train", data_dir, limit=limit))
-        rows = {**SHOWO_PRESETS[dataset], **recipe["showo"]}.get("batch_size", 64) * sum(recipe["steps"].values())
+        rows = {**SHOWO_PRESETS[dataset], **recipe["showo"]}.get("batch_size", ShowoTrainConfig.batch_size) * sum(recipe["steps"].values())
         grow = min(GROWTH_CAP[gpu], max(1.0, PASSES * n / rows))
         steps = {part: round(grow * s) for part, s in steps.items()}
         print(f"{n} training images: {grow:.2f} x coco-mini's steps (at most {GROWTH_CAP[gpu]}), {grow * rows / n:.1f} passes: {steps}")

@@ -463,8 +463,8 @@ def evaluate_pipeline(tokenizer_ckpt, showo_ckpt, logs, run_dir, dataset, data_d
     then the pictures: samples.png (by evaluate_showo), steps.png (one decoding, step by step) and
     losses.png (every stage's losses); all figures, with the steps each part took and the call's
     wall-clock minutes (minutes: the training parts', t0: when the call began), go to
-    run_dir/metrics.json. Skipped, and that file read
-    back, when it was measured on the same checkpoints, data, samples and EVALUATION_VERSION (delete it to measure again)."""
+    run_dir/metrics.json. Skipped, and that file read back, when it was measured on the same
+    checkpoints, data, samples and EVALUATION_VERSION (delete it to measure again)."""
     measured_on = dict(tokenizer=os.path.getmtime(tokenizer_ckpt), showo=os.path.getmtime(showo_ckpt), dataset=dataset,
                        data_dir=data_dir and os.path.abspath(data_dir), seed=seed,
                        samples=SAMPLES_PER_PROMPT.get(dataset, 100), version=EVALUATION_VERSION)
